@@ -1,0 +1,1 @@
+"""The `microfleet` command: a thin root that mounts the sub-apps of cloud, edge and simulators."""

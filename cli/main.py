@@ -1,0 +1,45 @@
+"""`microfleet`: one command for the whole platform.
+
+Each package offers its own typer sub-app; this root only mounts them, so no package imports another
+to offer its commands. A sub-app whose extra is not installed (a device has no psycopg) is left out.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="microfleet",
+    help="Run and operate a fleet of connected microcurrent skincare devices.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+_SUBAPPS = (
+    # (module, attribute, name or None to merge its commands at the top level)
+    ("cloud.cli", "app", None),
+    ("edge.cli", "app", "edge"),
+    ("simulators.cli", "app", None),
+)
+
+for module_name, attr, name in _SUBAPPS:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:  # an extra that this installation does not have
+        if exc.name and exc.name.split(".")[0] in {"cloud", "edge", "simulators"}:
+            raise
+        continue
+    sub: typer.Typer = getattr(module, attr)
+    if name is None:
+        for command in sub.registered_commands:
+            app.registered_commands.append(command)
+        for group in sub.registered_groups:
+            app.registered_groups.append(group)
+    else:
+        app.add_typer(sub, name=name)
+
+
+if __name__ == "__main__":
+    app()

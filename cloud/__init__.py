@@ -1,0 +1,1 @@
+"""The cloud side: ingest to TimescaleDB/PostgreSQL, alerts, OTA, protocols, HTTP API and CLI."""

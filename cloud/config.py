@@ -1,0 +1,39 @@
+"""Cloud configuration: a frozen object built once from the environment (MICROFLEET_*) and passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/microfleet"
+DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
+
+
+@dataclass(frozen=True, slots=True)
+class CloudConfig:
+    database_url: str = DEFAULT_DATABASE_URL
+    mqtt_url: str = DEFAULT_MQTT_URL
+    # ingest
+    ingest_group: str = "ingest"
+    consumer_id: str = "ingest-1"
+    batch_max_messages: int = 2000
+    batch_max_delay_s: float = 0.05
+    receive_maximum: int = 8000
+    session_expiry_s: int = 7 * 24 * 3600
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> CloudConfig:
+        e = os.environ if env is None else env
+        values: dict[str, object] = {
+            "database_url": e.get("MICROFLEET_DATABASE_URL", DEFAULT_DATABASE_URL),
+            "mqtt_url": e.get("MICROFLEET_MQTT_URL", DEFAULT_MQTT_URL),
+            "ingest_group": e.get("MICROFLEET_INGEST_GROUP", "ingest"),
+            "consumer_id": e.get("MICROFLEET_CONSUMER_ID", "ingest-1"),
+            "batch_max_messages": int(e.get("MICROFLEET_BATCH_MAX_MESSAGES", "2000")),
+            "batch_max_delay_s": float(e.get("MICROFLEET_BATCH_MAX_DELAY_S", "0.05")),
+            "receive_maximum": int(e.get("MICROFLEET_RECEIVE_MAXIMUM", "8000")),
+            "session_expiry_s": int(e.get("MICROFLEET_SESSION_EXPIRY_S", str(7 * 24 * 3600))),
+        }
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]

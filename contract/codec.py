@@ -1,0 +1,73 @@
+"""The only place where bytes become messages and messages become bytes.
+
+`decode_uplink` checks, in order: size, topic, JSON, schema (strict: unknown fields, wrong types and
+naive datetimes are errors), schema version, that the body's kind and device id match the topic, and
+physical ranges. Each failure raises ContractError with its Reason, ready for the quarantine table.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from contract import SCHEMA_VERSION
+from contract.errors import ContractError, Reason
+from contract.limits import check_ranges
+from contract.messages import UplinkMessage, kind_of
+from contract.topics import parse_uplink
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+SUPPORTED_VERSIONS = frozenset({SCHEMA_VERSION})
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[UplinkMessage] = msgspec.json.Decoder(UplinkMessage)  # type: ignore[arg-type]
+
+
+class _VersionProbe(msgspec.Struct):
+    schema_version: int = SCHEMA_VERSION
+
+
+_probe = msgspec.json.Decoder(_VersionProbe)
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+def _schema_error(payload: bytes, exc: msgspec.ValidationError) -> ContractError:
+    try:
+        version = _probe.decode(payload).schema_version
+    except msgspec.DecodeError:
+        version = SCHEMA_VERSION
+    if version not in SUPPORTED_VERSIONS:
+        return ContractError(Reason.UNKNOWN_VERSION, f"schema_version {version} is not supported ({exc})")
+    return ContractError(Reason.SCHEMA, str(exc))
+
+
+def decode_uplink(topic: str, payload: bytes, now: datetime, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> UplinkMessage:
+    """Decode and validate one uplink message, or raise ContractError saying why not."""
+    if len(payload) > max_bytes:
+        raise ContractError(Reason.OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
+    parsed = parse_uplink(topic)
+    try:
+        message = _decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise _schema_error(payload, exc) from None
+    except msgspec.DecodeError as exc:
+        raise ContractError(Reason.NOT_JSON, str(exc)) from None
+    if message.schema_version not in SUPPORTED_VERSIONS:
+        raise ContractError(Reason.UNKNOWN_VERSION, f"schema_version {message.schema_version} is not supported")
+    if kind_of(message) is not parsed.kind:
+        raise ContractError(Reason.TOPIC_MISMATCH, f"body kind {kind_of(message).value!r} on topic {topic!r}")
+    if message.device_id != parsed.device_id:
+        raise ContractError(
+            Reason.DEVICE_MISMATCH, f"body device_id {message.device_id!r} != topic device {parsed.device_id!r}"
+        )
+    check_ranges(message, now)
+    return message
+
+
+def decode_any(payload: bytes) -> UplinkMessage:
+    """Decode without topic checks (the edge outbox reading its own rows, tests, tools)."""
+    return _decoder.decode(payload)

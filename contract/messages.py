@@ -1,0 +1,179 @@
+"""The messages on the wire: frozen msgspec Structs, a `schema_version` and a `kind` tag in each.
+
+Every uplink message carries the device id, a per-device sequence number `seq` that survives restarts
+(the cloud counts loss and duplicates with it) and `ts`, the aware UTC time the device created it.
+Natural keys make redelivery harmless: a sample is (device_id, t), a session (device_id, session_id),
+an event (device_id, seq).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+import msgspec
+
+from contract import SCHEMA_VERSION
+from contract.topics import Uplink
+
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+DeviceId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+SessionId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Seq = Annotated[int, msgspec.Meta(ge=0)]
+Text = Annotated[str, msgspec.Meta(max_length=200)]
+MAX_SAMPLES_PER_BATCH = 600
+
+
+class Zone(StrEnum):
+    """Facial zones. `orbital` and `temple` are restricted for the standard head (NuFACE Mini IFU)."""
+
+    FOREHEAD = "forehead"
+    CHEEK_L = "cheek_l"
+    CHEEK_R = "cheek_r"
+    JAW_L = "jaw_l"
+    JAW_R = "jaw_r"
+    NECK = "neck"
+    UNDER_EYE_L = "under_eye_l"
+    UNDER_EYE_R = "under_eye_r"
+    LIP = "lip"
+    ORBITAL = "orbital"
+    TEMPLE = "temple"
+
+
+class EndReason(StrEnum):
+    USER = "user"
+    AUTO_TIMER = "auto_timer"
+    IDLE = "idle"
+    LOW_BATT = "low_batt"
+    CHARGER_LOCKOUT = "charger_lockout"
+    FAULT = "fault"
+    SAFETY_LIMIT = "safety_limit"
+
+
+class EventType(StrEnum):
+    LEVEL_CHANGE = "level_change"
+    BOOST = "boost"
+    CONTACT_LOST = "contact_lost"
+    CONTACT_RESTORED = "contact_restored"
+    INTERVENTION = "intervention"
+    OUTBOX_OVERFLOW = "outbox_overflow"
+    DISCOMFORT = "discomfort"
+
+
+class DeviceState(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class Sample(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """One 1 Hz record inside a session, sent as a JSON array to keep batches small:
+    `[t, current_ua, voltage_v, impedance_ohm, contact, zone, level]`."""
+
+    t: AwareDatetime
+    current_ua: float
+    voltage_v: float
+    impedance_ohm: float
+    contact: bool
+    zone: Zone | None
+    level: int
+
+
+class ZoneDwell(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    zone: Zone
+    dwell_s: float
+
+
+class SessionSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """What the device computed over the whole session (shared/DOMAIN.md section 5.1)."""
+
+    duration_on_s: float
+    duration_active_s: float
+    samples: int
+    level_start: int
+    level_max: int
+    level_changes_up: int = 0
+    level_changes_down: int = 0
+    boost_active_s: float = 0.0
+    current_ua_mean: float = 0.0
+    current_ua_p95: float = 0.0
+    current_ua_max: float = 0.0
+    voltage_v_p95: float = 0.0
+    impedance_ohm_median: float = 0.0
+    impedance_ohm_p95: float = 0.0
+    impedance_ohm_max: float = 0.0
+    contact_ok_ratio: float = 1.0
+    impedance_spikes: int = 0
+    charging_during_output: bool = False
+    battery_pct_start: float | None = None
+    battery_pct_end: float | None = None
+    zones: tuple[ZoneDwell, ...] = ()
+
+
+class _Uplink(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", kw_only=True):
+    schema_version: int = SCHEMA_VERSION
+    device_id: DeviceId
+    seq: Seq
+    ts: AwareDatetime
+
+
+class SessionStart(_Uplink, tag=Uplink.SESSION_START.value):
+    session_id: SessionId
+    started_at: AwareDatetime
+    level: int
+    tz_offset_min: int = 0
+    protocol_id: Text = ""
+    protocol_version: int = 0
+    fw_version: Text = ""
+
+
+class SampleBatch(_Uplink, tag=Uplink.SAMPLES.value):
+    session_id: SessionId
+    samples: Annotated[tuple[Sample, ...], msgspec.Meta(min_length=1, max_length=MAX_SAMPLES_PER_BATCH)]
+
+
+class SessionEnd(_Uplink, tag=Uplink.SESSION_END.value):
+    session_id: SessionId
+    started_at: AwareDatetime
+    ended_at: AwareDatetime
+    end_reason: EndReason
+    summary: SessionSummary
+
+
+class DeviceEvent(_Uplink, tag=Uplink.EVENT.value, omit_defaults=True):
+    event: EventType
+    at: AwareDatetime
+    session_id: SessionId | None = None
+    level_from: int | None = None
+    level_to: int | None = None
+    value: float | None = None
+    detail: Text = ""
+
+
+class Status(_Uplink, tag=Uplink.STATUS.value, omit_defaults=True):
+    """Retained birth message (online) and last will (offline). `seq` of a will is the seq at connect."""
+
+    state: DeviceState
+    model: Text = ""
+    hw_rev: Text = ""
+    fw_version: Text = ""
+    protocol_id: Text = ""
+    protocol_version: int = 0
+    outbox_depth: int = 0
+    outbox_dropped: int = 0
+    battery_pct: float | None = None
+
+
+UplinkMessage = SessionStart | SampleBatch | SessionEnd | DeviceEvent | Status
+
+KIND_OF: dict[type[_Uplink], Uplink] = {
+    SessionStart: Uplink.SESSION_START,
+    SampleBatch: Uplink.SAMPLES,
+    SessionEnd: Uplink.SESSION_END,
+    DeviceEvent: Uplink.EVENT,
+    Status: Uplink.STATUS,
+}
+
+
+def kind_of(message: UplinkMessage) -> Uplink:
+    return KIND_OF[type(message)]
