@@ -21,6 +21,9 @@ class CloudConfig:
     batch_max_delay_s: float = 0.05
     receive_maximum: int = 8000
     session_expiry_s: int = 7 * 24 * 3600
+    # identity: the broker's dynamic-security admin, and the broker address handed to devices
+    broker_admin_url: str = "mqtt://admin@127.0.0.1:1883"
+    device_mqtt_url: str = DEFAULT_MQTT_URL
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> CloudConfig:
@@ -34,6 +37,10 @@ class CloudConfig:
             "batch_max_delay_s": float(e.get("MICROFLEET_BATCH_MAX_DELAY_S", "0.05")),
             "receive_maximum": int(e.get("MICROFLEET_RECEIVE_MAXIMUM", "8000")),
             "session_expiry_s": int(e.get("MICROFLEET_SESSION_EXPIRY_S", str(7 * 24 * 3600))),
+            "broker_admin_url": e.get("MICROFLEET_BROKER_ADMIN_URL", "mqtt://admin@127.0.0.1:1883"),
+            "device_mqtt_url": e.get(
+                "MICROFLEET_DEVICE_MQTT_URL", e.get("MICROFLEET_MQTT_URL", DEFAULT_MQTT_URL)
+            ),
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

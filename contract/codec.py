@@ -21,7 +21,7 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 SUPPORTED_VERSIONS = frozenset({SCHEMA_VERSION})
 
 _encoder = msgspec.json.Encoder()
-_decoder: msgspec.json.Decoder[UplinkMessage] = msgspec.json.Decoder(UplinkMessage)  # type: ignore[arg-type]
+_decoder: msgspec.json.Decoder[UplinkMessage] = msgspec.json.Decoder(UplinkMessage)
 
 
 class _VersionProbe(msgspec.Struct):
@@ -45,7 +45,9 @@ def _schema_error(payload: bytes, exc: msgspec.ValidationError) -> ContractError
     return ContractError(Reason.SCHEMA, str(exc))
 
 
-def decode_uplink(topic: str, payload: bytes, now: datetime, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> UplinkMessage:
+def decode_uplink(
+    topic: str, payload: bytes, now: datetime, *, max_bytes: int = MAX_PAYLOAD_BYTES
+) -> UplinkMessage:
     """Decode and validate one uplink message, or raise ContractError saying why not."""
     if len(payload) > max_bytes:
         raise ContractError(Reason.OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
@@ -57,12 +59,15 @@ def decode_uplink(topic: str, payload: bytes, now: datetime, *, max_bytes: int =
     except msgspec.DecodeError as exc:
         raise ContractError(Reason.NOT_JSON, str(exc)) from None
     if message.schema_version not in SUPPORTED_VERSIONS:
-        raise ContractError(Reason.UNKNOWN_VERSION, f"schema_version {message.schema_version} is not supported")
+        raise ContractError(
+            Reason.UNKNOWN_VERSION, f"schema_version {message.schema_version} is not supported"
+        )
     if kind_of(message) is not parsed.kind:
         raise ContractError(Reason.TOPIC_MISMATCH, f"body kind {kind_of(message).value!r} on topic {topic!r}")
     if message.device_id != parsed.device_id:
         raise ContractError(
-            Reason.DEVICE_MISMATCH, f"body device_id {message.device_id!r} != topic device {parsed.device_id!r}"
+            Reason.DEVICE_MISMATCH,
+            f"body device_id {message.device_id!r} != topic device {parsed.device_id!r}",
         )
     check_ranges(message, now)
     return message

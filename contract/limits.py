@@ -27,7 +27,9 @@ def _check(name: str, value: float, bounds: tuple[float, float]) -> None:
 
 def _check_time(name: str, value: datetime, now: datetime) -> None:
     if value > now + MAX_FUTURE_SKEW:
-        raise ContractError(Reason.OUT_OF_RANGE, f"{name}={value.isoformat()} is in the future (now {now.isoformat()})")
+        raise ContractError(
+            Reason.OUT_OF_RANGE, f"{name}={value.isoformat()} is in the future (now {now.isoformat()})"
+        )
 
 
 def check_ranges(message: UplinkMessage, now: datetime) -> None:
@@ -44,15 +46,15 @@ def check_ranges(message: UplinkMessage, now: datetime) -> None:
         _check("level", message.level, LEVEL)
         _check_time("started_at", message.started_at, now)
     elif isinstance(message, SessionEnd):
-        s = message.summary
+        summary = message.summary
         if message.ended_at < message.started_at or message.ended_at - message.started_at > MAX_SESSION:
             raise ContractError(Reason.OUT_OF_RANGE, "ended_at must be after started_at and within 12 h")
         _check_time("ended_at", message.ended_at, now)
-        _check("summary.current_ua_max", s.current_ua_max, CURRENT_UA)
-        _check("summary.current_ua_mean", s.current_ua_mean, CURRENT_UA)
-        _check("summary.level_max", s.level_max, LEVEL)
-        _check("summary.contact_ok_ratio", s.contact_ok_ratio, (0.0, 1.0))
-        _check("summary.duration_active_s", s.duration_active_s, (0.0, MAX_SESSION.total_seconds()))
+        _check("summary.current_ua_max", summary.current_ua_max, CURRENT_UA)
+        _check("summary.current_ua_mean", summary.current_ua_mean, CURRENT_UA)
+        _check("summary.level_max", summary.level_max, LEVEL)
+        _check("summary.contact_ok_ratio", summary.contact_ok_ratio, (0.0, 1.0))
+        _check("summary.duration_active_s", summary.duration_active_s, (0.0, MAX_SESSION.total_seconds()))
     elif isinstance(message, DeviceEvent):
         _check_time("at", message.at, now)
     elif isinstance(message, Status) and message.battery_pct is not None:

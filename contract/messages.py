@@ -117,7 +117,7 @@ class _Uplink(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field
     ts: AwareDatetime
 
 
-class SessionStart(_Uplink, tag=Uplink.SESSION_START.value):
+class SessionStart(_Uplink, frozen=True, tag=Uplink.SESSION_START.value):
     session_id: SessionId
     started_at: AwareDatetime
     level: int
@@ -127,12 +127,12 @@ class SessionStart(_Uplink, tag=Uplink.SESSION_START.value):
     fw_version: Text = ""
 
 
-class SampleBatch(_Uplink, tag=Uplink.SAMPLES.value):
+class SampleBatch(_Uplink, frozen=True, tag=Uplink.SAMPLES.value):
     session_id: SessionId
     samples: Annotated[tuple[Sample, ...], msgspec.Meta(min_length=1, max_length=MAX_SAMPLES_PER_BATCH)]
 
 
-class SessionEnd(_Uplink, tag=Uplink.SESSION_END.value):
+class SessionEnd(_Uplink, frozen=True, tag=Uplink.SESSION_END.value):
     session_id: SessionId
     started_at: AwareDatetime
     ended_at: AwareDatetime
@@ -140,7 +140,7 @@ class SessionEnd(_Uplink, tag=Uplink.SESSION_END.value):
     summary: SessionSummary
 
 
-class DeviceEvent(_Uplink, tag=Uplink.EVENT.value, omit_defaults=True):
+class DeviceEvent(_Uplink, frozen=True, tag=Uplink.EVENT.value, omit_defaults=True):
     event: EventType
     at: AwareDatetime
     session_id: SessionId | None = None
@@ -150,7 +150,7 @@ class DeviceEvent(_Uplink, tag=Uplink.EVENT.value, omit_defaults=True):
     detail: Text = ""
 
 
-class Status(_Uplink, tag=Uplink.STATUS.value, omit_defaults=True):
+class Status(_Uplink, frozen=True, tag=Uplink.STATUS.value, omit_defaults=True):
     """Retained birth message (online) and last will (offline). `seq` of a will is the seq at connect."""
 
     state: DeviceState

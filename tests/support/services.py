@@ -58,6 +58,10 @@ class Mosquitto:
         text = re.sub(r"^listener .*$", f"listener {self.port} 127.0.0.1", text, flags=re.M)
         text = re.sub(r"^persistence_location .*$", f"persistence_location {self.workdir}/", text, flags=re.M)
         text = re.sub(r"^autosave_interval .*$", "autosave_interval 1", text, flags=re.M)
+        if os.geteuid() == 0:
+            # mosquitto started as root drops to the `mosquitto` user, which cannot write our private
+            # folder (persistence, dynamic-security file): keep the test broker's own identity instead.
+            text += "\nuser root\n"
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(text + "\n" + self.extra_conf + "\n")
         return conf
@@ -164,3 +168,41 @@ class TcpProxy:
         self._closed = True
         self.cut()
         self._server.close()
+
+
+DYNSEC_PLUGINS = (
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+)
+SECURE_OVERLAY = ROOT / "deploy" / "mosquitto" / "secure.conf"
+
+
+def secure_broker(admin_password: str = "admin-secret", tls_dir: Path | None = None) -> Mosquitto:
+    """A mosquitto with the project's production overlay: no anonymous access, dynamic security
+    initialised with an `admin` client, and (with `tls_dir` holding ca.crt/server.crt/server.key) the TLS
+    listener on a free port (`broker.tls_port`). Not started: call `.start()`."""
+    broker = Mosquitto()
+    plugin = next((p for p in DYNSEC_PLUGINS if Path(p).exists()), None)
+    if plugin is None:
+        raise FileNotFoundError(
+            "mosquitto_dynamic_security.so not found: install the Debian package mosquitto"
+        )
+    dynsec = broker.workdir / "dynamic-security.json"
+    subprocess.run(
+        ["mosquitto_ctrl", "dynsec", "init", str(dynsec), "admin", admin_password],
+        check=True,
+        capture_output=True,
+    )
+    overlay = SECURE_OVERLAY.read_text()
+    overlay = overlay.replace("/usr/lib/mosquitto_dynamic_security.so", plugin)
+    overlay = overlay.replace("/mosquitto/data/dynamic-security.json", str(dynsec))
+    if tls_dir is None:
+        overlay = overlay.split("# TLS listener", 1)[0]
+    else:
+        tls_port = free_port()
+        broker.tls_port = tls_port  # type: ignore[attr-defined]
+        overlay = overlay.replace("listener 8883", f"listener {tls_port} 127.0.0.1")
+        overlay = overlay.replace("/mosquitto/certs", str(tls_dir))
+    broker.extra_conf = overlay + "\nlog_type all\n"
+    return broker

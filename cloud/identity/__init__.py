@@ -1,0 +1,1 @@
+"""Device and service identities on the broker: who may connect, and what each may publish and read."""
