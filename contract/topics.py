@@ -17,7 +17,7 @@ from contract.errors import TopicError
 
 PREFIX = "mf/v1"
 DEVICE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
-_DEVICE_ID_RE = re.compile(rf"^{DEVICE_ID_PATTERN}$")
+_DEVICE_ID_RE = re.compile(rf"^{DEVICE_ID_PATTERN}\Z")
 
 
 class Uplink(StrEnum):
