@@ -30,6 +30,14 @@ class Uplink(StrEnum):
     STATUS = "status"
 
 
+class Downlink(StrEnum):
+    """The kinds of message the cloud sends to one device (retained desired state, or notices)."""
+
+    PROTOCOL = "protocol"  # retained: the signed treatment protocol the device should run
+    OTA = "ota"  # retained: the firmware job the device should carry out
+    NOTICE = "notice"  # QoS 1, not retained: a message for the user
+
+
 class ParsedTopic(NamedTuple):
     device_id: str
     kind: Uplink
@@ -50,6 +58,25 @@ def check_device_id(device_id: str) -> str:
 
 def uplink(device_id: str, kind: Uplink) -> str:
     return f"{PREFIX}/{check_device_id(device_id)}/up/{kind.value}"
+
+
+def downlink(device_id: str, kind: Downlink) -> str:
+    return f"{PREFIX}/{check_device_id(device_id)}/down/{kind.value}"
+
+
+def downlink_filter(device_id: str) -> str:
+    """What a device subscribes to: everything addressed to it, and nothing else."""
+    return f"{PREFIX}/{check_device_id(device_id)}/down/#"
+
+
+def parse_downlink(topic: str) -> tuple[str, Downlink]:
+    parts = topic.split("/")
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != PREFIX or parts[3] != "down":
+        raise TopicError(f"topic {topic!r} is not {PREFIX}/<device_id>/down/<kind>")
+    try:
+        return check_device_id(parts[2]), Downlink(parts[4])
+    except ValueError:
+        raise TopicError(f"unknown downlink kind {parts[4]!r} in {topic!r}") from None
 
 
 def uplink_filter(kind: Uplink | None = None) -> str:
