@@ -14,8 +14,8 @@ import msgspec
 from contract import SCHEMA_VERSION
 from contract.errors import ContractError, Reason
 from contract.limits import check_ranges
-from contract.messages import UplinkMessage, kind_of
-from contract.topics import parse_uplink
+from contract.messages import Notice, SafetyGate, UplinkMessage, kind_of
+from contract.topics import Downlink, parse_downlink, parse_uplink
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 SUPPORTED_VERSIONS = frozenset({SCHEMA_VERSION})
@@ -76,3 +76,31 @@ def decode_uplink(
 def decode_any(payload: bytes) -> UplinkMessage:
     """Decode without topic checks (the edge outbox reading its own rows, tests, tools)."""
     return _decoder.decode(payload)
+
+
+DownlinkMessage = Notice | SafetyGate
+_DOWNLINK_KIND: dict[Downlink, type[DownlinkMessage]] = {Downlink.NOTICE: Notice, Downlink.GATE: SafetyGate}
+_downlink_decoder: msgspec.json.Decoder[DownlinkMessage] = msgspec.json.Decoder(DownlinkMessage)
+
+
+def decode_downlink(topic: str, payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> DownlinkMessage:
+    """Decode a notice or safety gate addressed to one device (the agent's side of the contract)."""
+    if len(payload) > max_bytes:
+        raise ContractError(Reason.OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
+    device_id, kind = parse_downlink(topic)
+    expected = _DOWNLINK_KIND.get(kind)
+    if expected is None:
+        raise ContractError(Reason.TOPIC_MISMATCH, f"{kind.value!r} is not a notice or gate topic")
+    try:
+        message = _downlink_decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise _schema_error(payload, exc) from None
+    except msgspec.DecodeError as exc:
+        raise ContractError(Reason.NOT_JSON, str(exc)) from None
+    if not isinstance(message, expected):
+        raise ContractError(Reason.TOPIC_MISMATCH, f"body is a {type(message).__name__} on {topic!r}")
+    if message.device_id != device_id:
+        raise ContractError(
+            Reason.DEVICE_MISMATCH, f"body device_id {message.device_id!r} != topic {device_id!r}"
+        )
+    return message

@@ -59,6 +59,11 @@ class EventType(StrEnum):
     INTERVENTION = "intervention"
     OUTBOX_OVERFLOW = "outbox_overflow"
     DISCOMFORT = "discomfort"
+    NOTICE_SHOWN = "notice_shown"  # detail = notice_id
+    NOTICE_ACK = "notice_ack"  # detail = notice_id: the user acknowledged it
+    SESSION_REFUSED = "session_refused"  # detail = why (safety gate, daily limit, ...)
+    PROTOCOL_APPLIED = "protocol_applied"  # value = version, detail = protocol_id
+    PROTOCOL_REJECTED = "protocol_rejected"  # detail = reason
 
 
 class DeviceState(StrEnum):
@@ -177,3 +182,39 @@ KIND_OF: dict[type[_Uplink], Uplink] = {
 
 def kind_of(message: UplinkMessage) -> Uplink:
     return KIND_OF[type(message)]
+
+
+# --- downlink: cloud -> one device ------------------------------------------------------------------
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    ALERT = "alert"
+    CRITICAL = "critical"
+
+
+class _Downlink(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", kw_only=True):
+    schema_version: int = SCHEMA_VERSION
+    device_id: DeviceId
+    ts: AwareDatetime
+
+
+class Notice(_Downlink, frozen=True, tag="notice", omit_defaults=True):
+    """A message for the user, in plain words, on `mf/v1/<id>/down/notice` at QoS 1 (not retained).
+    The agent shows it and answers with DeviceEvent(NOTICE_SHOWN / NOTICE_ACK, detail=notice_id)."""
+
+    notice_id: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    severity: Severity
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    rule_id: Text = ""
+    expires_at: AwareDatetime | None = None
+
+
+class SafetyGate(_Downlink, frozen=True, tag="gate", omit_defaults=True):
+    """Retained desired state on `mf/v1/<id>/down/gate`: while `blocked`, the agent refuses to start
+    sessions (a contraindication in the user's profile). A device that was offline converges on reconnect."""
+
+    blocked: bool
+    reasons: tuple[Text, ...] = ()
+    text: Annotated[str, msgspec.Meta(max_length=500)] = ""

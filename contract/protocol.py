@@ -107,25 +107,40 @@ def violations(protocol: TreatmentProtocol, limits: ModelLimits) -> list[Violati
     """Every way `protocol` breaks the hard limits of `limits.model`; empty if it is safe to apply."""
     found: list[Violation] = []
     if limits.model not in protocol.models:
-        found.append(Violation("models", ",".join(protocol.models), limits.model, "protocol is not for this model"))
+        found.append(
+            Violation("models", ",".join(protocol.models), limits.model, "protocol is not for this model")
+        )
     for i, ua in enumerate(protocol.level_current_ua, start=1):
         if ua > limits.rated_max_current_ua:
             found.append(
-                Violation(f"level_current_ua[{i}]", ua, limits.rated_max_current_ua, "above the model's rated maximum")
+                Violation(
+                    f"level_current_ua[{i}]",
+                    ua,
+                    limits.rated_max_current_ua,
+                    "above the model's rated maximum",
+                )
             )
     for z in protocol.zones:
         field = f"zones[{z.zone.value}].max_current_ua"
         if z.zone in limits.restricted_zones:
             found.append(Violation(field, z.max_current_ua, 0, "zone is restricted for this model"))
         elif z.zone in EYE_ZONES and z.max_current_ua > limits.eye_max_current_ua:
-            found.append(Violation(field, z.max_current_ua, limits.eye_max_current_ua, "above the eye-area cap"))
+            found.append(
+                Violation(field, z.max_current_ua, limits.eye_max_current_ua, "above the eye-area cap")
+            )
         elif z.max_current_ua > limits.rated_max_current_ua:
-            found.append(Violation(field, z.max_current_ua, limits.rated_max_current_ua, "above the rated maximum"))
+            found.append(
+                Violation(field, z.max_current_ua, limits.rated_max_current_ua, "above the rated maximum")
+            )
     if protocol.session_max_s > limits.auto_off_s:
-        found.append(Violation("session_max_s", protocol.session_max_s, limits.auto_off_s, "longer than auto-off"))
+        found.append(
+            Violation("session_max_s", protocol.session_max_s, limits.auto_off_s, "longer than auto-off")
+        )
     if not 1 <= protocol.default_level <= len(protocol.level_current_ua):
         found.append(
-            Violation("default_level", protocol.default_level, len(protocol.level_current_ua), "not a defined level")
+            Violation(
+                "default_level", protocol.default_level, len(protocol.level_current_ua), "not a defined level"
+            )
         )
     return found
 
@@ -134,7 +149,9 @@ def check(protocol: TreatmentProtocol, model: str) -> None:
     """Raise ProtocolRejected (naming each field and limit) unless `protocol` is safe on `model`."""
     limits = MODEL_LIMITS.get(model)
     if limits is None:
-        raise ProtocolRejected(protocol.protocol_id, [Violation("model", model, "known model", "unknown model")])
+        raise ProtocolRejected(
+            protocol.protocol_id, [Violation("model", model, "known model", "unknown model")]
+        )
     found = violations(protocol, limits)
     if found:
         raise ProtocolRejected(protocol.protocol_id, found)

@@ -36,6 +36,7 @@ class Downlink(StrEnum):
     PROTOCOL = "protocol"  # retained: the signed treatment protocol the device should run
     OTA = "ota"  # retained: the firmware job the device should carry out
     NOTICE = "notice"  # QoS 1, not retained: a message for the user
+    GATE = "gate"  # retained: the safety gate (sessions blocked by a contraindication, or not)
 
 
 class ParsedTopic(NamedTuple):

@@ -60,3 +60,22 @@ def test_protocol_decoding_is_strict() -> None:
         msgspec.json.decode(raw.replace(b'"version":1', b'"version":0'), type=TreatmentProtocol)
     with pytest.raises(msgspec.ValidationError):
         msgspec.json.decode(raw[:-1] + b',"extra":1}', type=TreatmentProtocol)
+
+
+def test_downlink_notice_and_gate_round_trip_and_checks() -> None:
+    from contract.codec import ContractError, decode_downlink, encode
+    from contract.messages import Notice, SafetyGate, Severity
+    from contract.topics import Downlink, downlink
+
+    notice = Notice(
+        device_id="d1", ts=NOW, notice_id="n1", severity=Severity.WARNING, text="Take a rest day tomorrow."
+    )
+    gate = SafetyGate(
+        device_id="d1", ts=NOW, blocked=True, reasons=("pregnancy",), text="Sessions are paused."
+    )
+    assert decode_downlink(downlink("d1", Downlink.NOTICE), encode(notice)) == notice
+    assert decode_downlink(downlink("d1", Downlink.GATE), encode(gate)) == gate
+    with pytest.raises(ContractError, match="device_mismatch"):
+        decode_downlink(downlink("d2", Downlink.NOTICE), encode(notice))
+    with pytest.raises(ContractError, match="topic_mismatch"):
+        decode_downlink(downlink("d1", Downlink.GATE), encode(notice))
