@@ -1,0 +1,1 @@
+"""Alert rules (pure, rules.py and friends); the engine and service that run them come later."""

@@ -1,0 +1,130 @@
+"""docker-compose.yml parses (docker-compose config, no engine needed), names only settings the code
+reads, mounts the project's broker config, and the device image cannot pull a database driver."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+CONFIG_FILES = (ROOT / "cloud" / "config.py", ROOT / "edge" / "config.py")
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return data
+
+
+def test_compose_config_validates() -> None:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip(
+            "docker-compose is not installed: apt-get install -y docker-compose (scripts/ensure-services.sh)"
+        )
+    done = subprocess.run(
+        [binary, "-f", str(COMPOSE), "config", "-q"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_every_microfleet_variable_exists_in_the_code_configuration() -> None:
+    known = set()
+    for path in CONFIG_FILES:
+        known |= set(re.findall(r"MICROFLEET_[A-Z0-9_]+", path.read_text()))
+    used = set(re.findall(r"MICROFLEET_[A-Z0-9_]+", COMPOSE.read_text()))
+    assert used, "compose should configure the services through MICROFLEET_* variables"
+    assert used <= known, f"unknown to cloud/config.py and edge/config.py: {sorted(used - known)}"
+
+
+def test_services_start_in_order_with_health_checks() -> None:
+    services = compose()["services"]
+    for name in ("broker", "timescaledb", "grafana"):
+        assert "healthcheck" in services[name], name
+    assert services["migrate"]["restart"] == "no"
+    assert services["migrate"]["depends_on"]["timescaledb"]["condition"] == "service_healthy"
+    assert services["ingest"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert services["ingest"]["depends_on"]["broker"]["condition"] == "service_healthy"
+    for name, service in services.items():
+        assert "container_name" not in service, f"{name}: a fixed container name prevents --scale"
+        image = service["image"]
+        assert ":" in image and not image.endswith(":latest"), f"{name}: pin the image ({image})"
+    assert re.fullmatch(r"timescale/timescaledb:2\.\d+\.\d+-pg16", services["timescaledb"]["image"])
+    assert re.fullmatch(r"grafana/grafana-oss:11\.\d+\.\d+", services["grafana"]["image"])
+    assert re.fullmatch(r"eclipse-mosquitto:2\.\d+\.\d+", services["broker"]["image"])
+
+
+def test_broker_mounts_the_project_configuration() -> None:
+    volumes = compose()["services"]["broker"]["volumes"]
+    assert "./deploy/mosquitto/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro" in volumes
+    conf = (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
+    (location,) = re.findall(r"^persistence_location (\S+)", conf, flags=re.M)
+    assert any(v.endswith(":" + location.rstrip("/")) for v in volumes), "persistence needs a volume"
+
+
+def test_grafana_mounts_provisioning_and_generated_dashboards() -> None:
+    grafana = compose()["services"]["grafana"]
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/microfleet.yaml").read_text())
+    path = provider["providers"][0]["options"]["path"]
+    assert f"./deploy/grafana/dashboards:{path}:ro" in grafana["volumes"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    datasource = (ROOT / "deploy/grafana/provisioning/datasources/microfleet.yaml").read_text()
+    for name in re.findall(r"\$\{(\w+)\}", datasource):
+        assert name in grafana["environment"], f"the datasource needs {name} in grafana's environment"
+
+
+def _closure(extra: str, extras: dict[str, list[str]]) -> list[str]:
+    out: list[str] = []
+    for req in extras[extra]:
+        m = re.fullmatch(r"microfleet\[([\w,]+)\]", req)
+        if m:
+            for sub in m.group(1).split(","):
+                out += _closure(sub, extras)
+        else:
+            out.append(req)
+    return out
+
+
+def test_device_image_carries_no_database_driver() -> None:
+    dockerfile = (ROOT / "deploy/docker/Dockerfile.device").read_text()
+    (extra,) = re.findall(r'pip install "\.\[(\w+)\]"', dockerfile)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = [*project["dependencies"], *_closure(extra, project["optional-dependencies"])]
+    assert not [d for d in deps if re.match(r"(psycopg|asyncpg|sqlalchemy)", d, flags=re.I)], deps
+    for name in ("Dockerfile.cloud", "Dockerfile.device"):
+        text = (ROOT / "deploy/docker" / name).read_text()
+        assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim", text, flags=re.M), name
+        assert text.count("FROM ") == 2, f"{name}: build and runtime stages"
+
+
+def test_every_compose_command_exists_in_the_cli() -> None:
+    """A service may only run a `microfleet` command (and options) that exists."""
+    import click
+    import typer
+
+    from cli.main import app
+
+    root = typer.main.get_command(app)
+    assert isinstance(root, click.Group)
+    for name, service in compose()["services"].items():
+        if "command" not in service:
+            continue
+        words = [w for w in service["command"] if not w.startswith("${")]
+        command: click.Command = root
+        path = []
+        while isinstance(command, click.Group) and words and not words[0].startswith("-"):
+            path.append(words.pop(0))
+            sub = command.get_command(click.Context(command), path[-1])
+            assert sub is not None, f"{name}: `microfleet {' '.join(path)}` does not exist"
+            command = sub
+        options = {o for p in command.params for o in getattr(p, "opts", [])}
+        for word in words:
+            if word.startswith("-"):
+                assert word in options, f"{name}: `microfleet {' '.join(path)}` has no option {word}"
