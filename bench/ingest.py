@@ -1,0 +1,309 @@
+"""Ingest benchmark: microfleet end to end next to its two ceilings, in one run on this machine.
+
+    python bench/ingest.py [--quick] [--messages N] [--samples-per-message S]
+
+(a) raw broker: the same payloads, a paho publisher process -> mosquitto (project config) -> a bare paho
+    subscriber (QoS 1), messages/s;
+(b) raw database: the same sample rows, binary COPY into a plain table (no index, no partition), rows/s;
+    also the ingest writer alone (its two strategies, batches as the consumer builds them);
+(c) end to end: publisher process -> broker -> `python -m cloud.ingest` process(es) -> committed rows,
+    with 1 and 2 consumer processes; loss counted from the database (uplink_log and samples).
+Its own broker and a scratch database; the last printed line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import paho.mqtt.client as mqtt  # noqa: E402
+import psycopg  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from bench._common import Message, Publisher, fleet_traffic, wait_until  # noqa: E402
+from cloud.db.migrate import migrate  # noqa: E402
+from cloud.ingest.batcher import Batch, Batcher  # noqa: E402
+from cloud.ingest.tables import SAMPLES  # noqa: E402
+from cloud.ingest.writer import BatchWriter  # noqa: E402
+from tests.support.services import Mosquitto, scratch_database  # noqa: E402
+
+console = Console(stderr=False)
+TABLES = ("samples", "sessions", "device_events", "uplink_log", "devices", "quarantine", "rollup_pending")
+
+
+def _publish_child(url: str, messages: list[Message], client_id: str) -> None:
+    pub = Publisher(url, client_id=client_id, inflight=2000)
+    pub.publish_all(messages, timeout=170)
+    pub.close()
+
+
+def publish_in_child(url: str, messages: list[Message], client_id: str) -> mp.process.BaseProcess:
+    proc = mp.get_context("fork").Process(target=_publish_child, args=(url, messages, client_id), daemon=True)
+    proc.start()
+    return proc
+
+
+def raw_broker_rate(broker: Mosquitto, messages: list[Message]) -> float:
+    """Bare paho subscriber (QoS 1, auto ack) receiving the publisher child's messages: messages/s."""
+    n = len(messages)
+    got = 0
+    done = threading.Event()
+    ready = threading.Event()
+
+    def on_message(_c: Any, _u: Any, _m: Any) -> None:
+        nonlocal got
+        got += 1
+        if got >= n:
+            done.set()
+
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-raw-sub", protocol=mqtt.MQTTv5)
+    sub.on_message = on_message
+    sub.on_subscribe = lambda *a: ready.set()
+    sub.on_connect = lambda c, *a: c.subscribe("mf/v1/+/up/#", qos=1)
+    sub.connect("127.0.0.1", broker.port)
+    sub.loop_start()
+    ready.wait(10)
+    t0 = time.perf_counter()
+    child = publish_in_child(broker.url, messages, "bench-raw-pub")
+    done.wait(170)
+    elapsed = time.perf_counter() - t0
+    child.join(30)
+    sub.disconnect()
+    sub.loop_stop()
+    if got < n:
+        raise RuntimeError(f"raw subscriber got {got} of {n} messages")
+    return n / elapsed
+
+
+def sample_batches(messages: list[Message], per_batch: int) -> list[Batch[int]]:
+    now = datetime.now(UTC)
+    out = []
+    for i in range(0, len(messages), per_batch):
+        b: Batcher[int] = Batcher(consumer="bench", max_messages=10**9)
+        for j, (t, p) in enumerate(messages[i : i + per_batch]):
+            b.add(t, p, j, now=now, mono=0.0)
+        out.append(b.take())
+    return out
+
+
+def raw_copy_rate(dsn: str, batches: list[Batch[int]]) -> float:
+    """The same sample rows, binary COPY into a plain table (no index, no partitions), one COPY per batch."""
+    rows = [r for b in batches for r in b.samples]
+    cols = ", ".join(f"{c} {t}" for c, t in zip(SAMPLES.columns, SAMPLES.types, strict=True))
+    with psycopg.connect(dsn) as conn:
+        conn.execute(f"CREATE TABLE bench_raw_samples ({cols})")
+        conn.commit()
+        t0 = time.perf_counter()
+        for b in batches:
+            with conn.cursor().copy(SAMPLES.copy_into("bench_raw_samples")) as copy:
+                copy.set_types(list(SAMPLES.types))
+                for r in b.samples:
+                    copy.write_row(r)
+            conn.commit()
+        elapsed = time.perf_counter() - t0
+        conn.execute("DROP TABLE bench_raw_samples")
+        conn.commit()
+    return len(rows) / elapsed
+
+
+def schema_copy_rate(dsn: str, batches: list[Batch[int]]) -> float:
+    """The same rows, binary COPY into the real `samples` (partitioned, natural-key primary key, rollup
+    trigger): what the schema itself costs, before any idempotency or MQTT."""
+    truncate(dsn)
+    with psycopg.connect(dsn) as conn:
+        t0 = time.perf_counter()
+        for b in batches:
+            with conn.cursor().copy(SAMPLES.copy_into("samples")) as copy:
+                copy.set_types(list(SAMPLES.types))
+                for r in b.samples:
+                    copy.write_row(r)
+            conn.commit()
+        elapsed = time.perf_counter() - t0
+    return sum(len(b.samples) for b in batches) / elapsed
+
+
+def truncate(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+
+
+def writer_rate(dsn: str, batches: list[Batch[int]], strategy: str) -> float:
+    truncate(dsn)
+    w = BatchWriter(dsn, consumer="bench", strategy=strategy)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    for b in batches:
+        w.write(b)
+    elapsed = time.perf_counter() - t0
+    w.close()
+    return sum(len(b.samples) for b in batches) / elapsed
+
+
+def counts(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn) as conn:
+        return {t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in TABLES[:5]}  # type: ignore[index]
+
+
+class ConsumerProc:
+    def __init__(self, broker: Mosquitto, dsn: str, consumer_id: str) -> None:
+        env = {**os.environ, "MICROFLEET_DATABASE_URL": dsn, "MICROFLEET_MQTT_URL": broker.url}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cloud.ingest", "--consumer-id", consumer_id, "--no-housekeeping"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def subscribed(self) -> bool:
+        return any(" subscribed to " in line for line in self.lines)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+        self.reader.join(5)
+
+
+def e2e_rate(
+    broker: Mosquitto, dsn: str, messages: list[Message], consumers: int, expected_samples: int
+) -> dict[str, float]:
+    truncate(dsn)
+    procs = [ConsumerProc(broker, dsn, f"bench-ingest-{i}") for i in range(1, consumers + 1)]
+    try:
+        for p in procs:
+            wait_until(p.subscribed, 30, what="consumer subscribed")
+        t0 = time.perf_counter()
+        child = publish_in_child(broker.url, messages, f"bench-e2e-pub-{consumers}")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+
+            def stored() -> bool:
+                row = conn.execute("SELECT count(*) FROM uplink_log").fetchone()
+                return row is not None and row[0] >= len(messages)
+
+            with contextlib.suppress(TimeoutError):  # a shortfall is reported as loss below
+                wait_until(stored, 170, interval=0.02, what="all messages committed")
+        elapsed = time.perf_counter() - t0
+        child.join(30)
+    finally:
+        for p in procs:
+            p.stop()
+    c = counts(dsn)
+    return {
+        "messages_per_s": c["uplink_log"] / elapsed,
+        "samples_per_s": c["samples"] / elapsed,
+        "loss": (len(messages) - c["uplink_log"]) + (expected_samples - c["samples"]),
+        "seconds": elapsed,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a fast run (fewer messages)")
+    ap.add_argument(
+        "--messages", type=int, default=0, help="uplink messages per run (default 24000, quick 6000)"
+    )
+    ap.add_argument("--samples-per-message", type=int, default=30)
+    args = ap.parse_args()
+    target = args.messages or (6000 if args.quick else 24000)
+    per_session = 3 + 6  # status, start, 6 sample batches, event, end -> 10 messages; 6 carry samples
+    devices = max(1, target // (per_session + 1) // 4)
+    traffic = fleet_traffic(devices, 4, batches=6, samples_per_batch=args.samples_per_message)
+    msgs = traffic.messages
+    console.rule(f"[bold]microfleet ingest benchmark[/] - {len(msgs)} messages, {traffic.samples} samples")
+    results: dict[str, Any] = {}
+    broker = Mosquitto()
+    broker.start()
+    try:
+        with scratch_database("mf_bench") as dsn:
+            migrate(dsn)
+            console.print("(a) raw broker ...")
+            results["broker_msgs_per_s"] = raw_broker_rate(broker, msgs)
+            batches = sample_batches(msgs, 2000)
+            console.print("(b) raw COPY ...")
+            results["copy_rows_per_s"] = raw_copy_rate(dsn, batches)
+            results["schema_copy_rows_per_s"] = schema_copy_rate(dsn, batches)
+            for strategy in ("copy", "stage"):
+                results[f"writer_{strategy}_rows_per_s"] = writer_rate(dsn, batches, strategy)
+            for n in (1, 2):
+                console.print(f"(c) end to end, {n} consumer process(es) ...")
+                results[f"e2e_{n}"] = e2e_rate(broker, dsn, msgs, n, traffic.samples)
+    finally:
+        broker.close()
+    best = max((results["e2e_1"], results["e2e_2"]), key=lambda r: r["samples_per_s"])
+    spm = traffic.samples / len(msgs)
+    table = Table(title=f"ingest on {platform.node()} ({os.cpu_count()} cores), {spm:.1f} samples/message")
+    for col in ("figure", "value", "ceiling", "ratio"):
+        table.add_column(col, justify="right" if col != "figure" else "left")
+    broker_rate, copy_rate = results["broker_msgs_per_s"], results["copy_rows_per_s"]
+    table.add_row("(a) raw broker, paho pub -> mosquitto -> paho sub", f"{broker_rate:,.0f} msg/s", "", "")
+    table.add_row("(b) raw binary COPY into a plain table", f"{copy_rate:,.0f} rows/s", "", "")
+    sc = results["schema_copy_rows_per_s"]
+    table.add_row(
+        "    binary COPY into the real samples table", f"{sc:,.0f} rows/s", "(b)", f"{sc / copy_rate:.2f}"
+    )
+    for s in ("copy", "stage"):
+        v = results[f"writer_{s}_rows_per_s"]
+        table.add_row(
+            f"    ingest writer alone, strategy {s}", f"{v:,.0f} rows/s", "(b)", f"{v / copy_rate:.2f}"
+        )
+    for n in (1, 2):
+        r = results[f"e2e_{n}"]
+        table.add_row(
+            f"(c) e2e {n} consumer(s), messages",
+            f"{r['messages_per_s']:,.0f} msg/s",
+            "(a)",
+            f"{r['messages_per_s'] / broker_rate:.2f}",
+        )
+        table.add_row(
+            f"(c) e2e {n} consumer(s), samples",
+            f"{r['samples_per_s']:,.0f} rows/s",
+            "(b)",
+            f"{r['samples_per_s'] / copy_rate:.2f}",
+        )
+        table.add_row(f"(c) e2e {n} consumer(s), loss", str(r["loss"]), "0", "")
+    console.print(table)
+    summary = {
+        "messages": len(msgs),
+        "samples": traffic.samples,
+        "broker_msgs_per_s": round(broker_rate),
+        "copy_rows_per_s": round(copy_rate),
+        "schema_copy_rows_per_s": round(results["schema_copy_rows_per_s"]),
+        "writer_copy_rows_per_s": round(results["writer_copy_rows_per_s"]),
+        "writer_stage_rows_per_s": round(results["writer_stage_rows_per_s"]),
+        "e2e_1_samples_per_s": round(results["e2e_1"]["samples_per_s"]),
+        "e2e_2_samples_per_s": round(results["e2e_2"]["samples_per_s"]),
+        "samples_per_s": round(best["samples_per_s"]),
+        "messages_per_s": round(best["messages_per_s"]),
+        "ratio_e2e_to_copy": round(best["samples_per_s"] / copy_rate, 3),
+        "ratio_e2e_to_broker": round(best["messages_per_s"] / broker_rate, 3),
+        "loss": int(results["e2e_1"]["loss"] + results["e2e_2"]["loss"]),
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Collect uplink messages into batches: pure, with injected time.
+
+`Batcher.add` takes one raw MQTT message (topic, payload, an acknowledgement token), decodes it with the
+contract codec and either adds its rows (one row per natural key: duplicates inside a batch collapse,
+session start/end merge, device rows merge) or a quarantine row with the reason. `due(now)` says when a
+batch should be written (size or age) and `take()` hands over the `Batch` and starts a new one.
+
+The tokens of every message, valid or quarantined, are in `Batch.acks`: the consumer acknowledges them
+only after the transaction holding the batch has committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Generic, TypeVar
+
+from cloud.ingest import rows, tables
+from cloud.ingest.rows import Row
+from contract.codec import MAX_PAYLOAD_BYTES, decode_uplink
+from contract.errors import ContractError, Reason
+from contract.messages import (
+    DeviceEvent,
+    SampleBatch,
+    SessionEnd,
+    SessionStart,
+    Status,
+    UplinkMessage,
+    kind_of,
+)
+
+T = TypeVar("T")
+
+# Timescale compresses chunks after `compress_after` (14 days by default, docs/data-model.md); data older
+# than this horizon is quarantined as too_late instead of being written into a compressed chunk.
+DEFAULT_LATE_HORIZON = timedelta(days=13)
+
+
+@dataclass(slots=True)
+class Batch(Generic[T]):
+    """Rows per table for one transaction, and the acknowledgement tokens of every message in it."""
+
+    samples: list[Row] = field(default_factory=list)
+    sessions: list[Row] = field(default_factory=list)
+    events: list[Row] = field(default_factory=list)
+    uplink_log: list[Row] = field(default_factory=list)
+    devices: list[Row] = field(default_factory=list)
+    quarantine: list[Row] = field(default_factory=list)
+    acks: list[T] = field(default_factory=list)
+    # the accepted messages as received, to isolate one the database refuses (see writer.py)
+    raw: list[tuple[str, bytes]] = field(default_factory=list)
+    first_at: float = 0.0  # monotonic time of the first message
+
+    @property
+    def messages(self) -> int:
+        return len(self.acks)
+
+
+class Batcher(Generic[T]):
+    def __init__(
+        self,
+        *,
+        consumer: str,
+        max_messages: int = 2000,
+        max_delay_s: float = 0.05,
+        late_horizon: timedelta = DEFAULT_LATE_HORIZON,
+        max_payload: int = MAX_PAYLOAD_BYTES,
+    ) -> None:
+        if max_messages < 1 or max_delay_s < 0:
+            raise ValueError("max_messages must be >= 1 and max_delay_s >= 0")
+        self.consumer = consumer
+        self.max_messages = max_messages
+        self.max_delay_s = max_delay_s
+        self.late_horizon = late_horizon
+        self.max_payload = max_payload
+        self._reset()
+
+    def _reset(self) -> None:
+        self._acks: list[T] = []
+        self._raw: list[tuple[str, bytes]] = []
+        self._samples: dict[tuple[object, ...], Row] = {}
+        self._events: dict[tuple[object, ...], Row] = {}
+        self._log: dict[tuple[object, ...], Row] = {}
+        self._sessions: dict[tuple[object, ...], Row] = {}
+        self._devices: dict[str, Row] = {}
+        self._ranks: dict[str, tuple[datetime, int] | None] = {}
+        self._quarantine: dict[tuple[object, ...], Row] = {}
+        self._first_at = 0.0
+
+    def __len__(self) -> int:
+        return len(self._acks)
+
+    def add(self, topic: str, payload: bytes, ack: T, *, now: datetime, mono: float) -> Reason | None:
+        """Add one message; return the quarantine reason if it was rejected, else None."""
+        if not self._acks:
+            self._first_at = mono
+        self._acks.append(ack)
+        try:
+            message = decode_uplink(topic, payload, now, max_bytes=self.max_payload)
+            if rows.oldest_time(message) < now - self.late_horizon:
+                raise ContractError(
+                    Reason.TOO_LATE,
+                    f"data from {rows.oldest_time(message).isoformat()} is older than the late horizon "
+                    f"({self.late_horizon}); replay it from quarantine into uncompressed storage if needed",
+                )
+            self._check_fits(message)
+        except ContractError as exc:
+            self.add_quarantine(topic, payload, exc.reason, exc.detail)
+            return exc.reason
+        self._raw.append((topic, payload))
+        self._add_message(message)
+        return None
+
+    def add_quarantine(self, topic: str, payload: bytes, reason: Reason, detail: str) -> None:
+        digest = rows.sha256(payload)
+        self._quarantine.setdefault(
+            (topic, digest), (topic, payload, digest, reason.value, detail, self.consumer)
+        )
+
+    def _check_fits(self, m: UplinkMessage) -> None:
+        """Reject values the contract allows but a column cannot hold (samples are bounded by the contract)."""
+        checks: list[tuple[tables.Table, Row]] = [
+            (tables.UPLINK_LOG, rows.uplink_log_row(m, "", "")),
+            (tables.DEVICES, rows.device_row(m)),
+        ]
+        if isinstance(m, SessionStart):
+            checks.append((tables.SESSIONS, rows.session_start_row(m)))
+        elif isinstance(m, SessionEnd):
+            checks.append((tables.SESSIONS, rows.session_end_row(m)))
+        elif isinstance(m, DeviceEvent):
+            checks.append((tables.EVENTS, rows.event_row(m)))
+        for table, row in checks:
+            why = tables.misfit(table, row)
+            if why is not None:
+                raise ContractError(Reason.OUT_OF_RANGE, f"{table.name}: {why}")
+
+    def _add_message(self, m: UplinkMessage) -> None:
+        kind = kind_of(m).value
+        self._log.setdefault((m.device_id, m.seq, m.ts), rows.uplink_log_row(m, kind, self.consumer))
+        if isinstance(m, SampleBatch):
+            for r in rows.sample_rows(m):
+                self._samples.setdefault((r[0], r[1]), r)
+        elif isinstance(m, SessionStart | SessionEnd):
+            new = rows.session_start_row(m) if isinstance(m, SessionStart) else rows.session_end_row(m)
+            key = (m.device_id, m.session_id, m.started_at)
+            old = self._sessions.get(key)
+            self._sessions[key] = new if old is None else rows.merge_session(old, new)
+        elif isinstance(m, DeviceEvent):
+            self._events.setdefault((m.device_id, m.seq, m.at), rows.event_row(m))
+        rank = rows.status_rank(m) if isinstance(m, Status) else None
+        dev = rows.device_row(m)
+        old_dev = self._devices.get(m.device_id)
+        if old_dev is None:
+            self._devices[m.device_id] = dev
+            self._ranks[m.device_id] = rank
+        else:
+            old_rank = self._ranks[m.device_id]
+            self._devices[m.device_id] = rows.merge_device(old_dev, dev, old_rank, rank)
+            if rank is not None and (old_rank is None or rank >= old_rank):
+                self._ranks[m.device_id] = rank
+
+    def due(self, mono: float) -> bool:
+        """True when the batch is full, or not empty and older than max_delay_s."""
+        if not self._acks:
+            return False
+        return len(self._acks) >= self.max_messages or mono - self._first_at >= self.max_delay_s
+
+    def deadline(self) -> float | None:
+        """Monotonic time at which the current batch becomes due by age (None when empty)."""
+        return self._first_at + self.max_delay_s if self._acks else None
+
+    def take(self) -> Batch[T]:
+        batch: Batch[T] = Batch(
+            samples=list(self._samples.values()),
+            sessions=list(self._sessions.values()),
+            events=list(self._events.values()),
+            uplink_log=list(self._log.values()),
+            devices=list(self._devices.values()),
+            quarantine=list(self._quarantine.values()),
+            acks=self._acks,
+            raw=self._raw,
+            first_at=self._first_at,
+        )
+        self._reset()
+        return batch

@@ -1,0 +1,89 @@
+"""`microfleet ingest`: run one ingest consumer, or N processes sharing the load (ids <prefix>-1..N)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _run_many(processes: int, prefix: str, args: list[str]) -> None:
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cloud.ingest", "--consumer-id", f"{prefix}-{i}", *args]
+            + ([] if i == 1 else ["--no-housekeeping"])
+        )
+        for i in range(1, processes + 1)
+    ]
+    stop = threading.Event()
+
+    def forward(signum: int, _frame: object) -> None:
+        stop.set()
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, forward)
+    codes = [child.wait() for child in children]
+    if any(codes) and not stop.is_set():
+        raise typer.Exit(max(codes))
+
+
+@app.command()
+def ingest(
+    consumer_id: Annotated[
+        str | None,
+        typer.Option(help="Stable id of this consumer (its broker session). Default MICROFLEET_CONSUMER_ID."),
+    ] = None,
+    processes: Annotated[int, typer.Option(min=1, help="Run N consumer processes: ids <prefix>-1..N.")] = 1,
+    prefix: Annotated[str, typer.Option(help="Consumer id prefix with --processes.")] = "ingest",
+    strategy: Annotated[
+        str, typer.Option(help="Sample write path: copy (COPY, stage on conflict) or stage.")
+    ] = "copy",
+    housekeeping: Annotated[
+        bool, typer.Option(help="Run partition maintenance and rollups periodically.")
+    ] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Consume device uplinks from the broker (MQTT 5 shared subscription) into the database.
+
+    Messages are acknowledged only after their transaction commits: kill it at any time and restart it
+    with the same --consumer-id; nothing is lost or stored twice. Settings: MICROFLEET_* (cloud/config.py).
+    """
+    if strategy not in ("copy", "stage"):
+        raise typer.BadParameter("--strategy must be copy or stage")
+    if processes > 1:
+        if consumer_id is not None:
+            raise typer.BadParameter("use --prefix, not --consumer-id, with --processes")
+        extra = ["--strategy", strategy] + (["--verbose"] if verbose else [])
+        _run_many(processes, prefix, extra)
+        return
+    _logging(verbose)
+    from cloud.config import CloudConfig
+    from cloud.ingest.service import IngestService
+
+    overrides: dict[str, object] = {}
+    if consumer_id is not None:
+        overrides["consumer_id"] = consumer_id
+    config = CloudConfig.from_env(os.environ, **overrides)
+    IngestService(config, strategy="copy" if strategy == "copy" else "stage", housekeeping=housekeeping).run()
+
+
+def main() -> None:
+    app()

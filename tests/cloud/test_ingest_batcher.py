@@ -1,0 +1,168 @@
+"""Pure tests of the ingest batcher: decoding, quarantine reasons, one row per natural key, merging."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench._common import session_traffic, to_wire
+from cloud.ingest import rows
+from cloud.ingest.batcher import Batcher
+from contract import topics
+from contract.codec import encode
+from contract.errors import Reason
+from contract.messages import DeviceEvent, DeviceState, EventType, Status
+from contract.topics import Uplink
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+START = NOW - timedelta(hours=1)
+
+
+def traffic() -> list[tuple[str, bytes]]:
+    msgs = session_traffic("dev-a", start=START, batches=3, samples_per_batch=4)
+    msgs += session_traffic("dev-b", start=START + timedelta(minutes=5), batches=2, samples_per_batch=3)
+    return [to_wire(m) for m in msgs]
+
+
+def expected_keys(messages: list[tuple[str, bytes]]) -> dict[str, set[tuple[object, ...]]]:
+    b: Batcher[int] = Batcher(consumer="c", max_messages=10**6)
+    for i, (t, p) in enumerate(messages):
+        assert b.add(t, p, i, now=NOW, mono=0.0) is None
+    batch = b.take()
+    return {
+        "samples": {r[:2] for r in batch.samples},
+        "events": {r[:3] for r in batch.events},
+        "log": {(r[0], r[1], r[3]) for r in batch.uplink_log},
+        "sessions": {r[:3] for r in batch.sessions},
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_any_interleaving_with_duplicates_gives_each_natural_key_once(data: st.DataObject) -> None:
+    messages = traffic()
+    order = data.draw(st.permutations(messages))
+    dups = data.draw(st.lists(st.sampled_from(messages), max_size=15))
+    stream = list(order)
+    for d in dups:  # duplicates anywhere, as a redelivery would put them
+        stream.insert(data.draw(st.integers(0, len(stream))), d)
+    cuts = sorted(data.draw(st.lists(st.integers(1, len(stream)), max_size=6)))
+    b: Batcher[int] = Batcher(consumer="c", max_messages=10**6)
+    batches = []
+    for i, (t, p) in enumerate(stream):
+        b.add(t, p, i, now=NOW, mono=0.0)
+        if cuts and i + 1 == cuts[0]:
+            while cuts and cuts[0] == i + 1:
+                cuts.pop(0)
+            batches.append(b.take())
+    batches.append(b.take())
+
+    # inside a batch, one row per key; across batches, ON CONFLICT semantics: the union of keys
+    stored: dict[str, set[tuple[object, ...]]] = {
+        "samples": set(),
+        "events": set(),
+        "log": set(),
+        "sessions": set(),
+    }
+    sessions: dict[tuple[object, ...], rows.Row] = {}
+    devices: dict[str, tuple[object, ...]] = {}
+    acks = []
+    for batch in batches:
+        for name, keys in (
+            ("samples", [r[:2] for r in batch.samples]),
+            ("events", [r[:3] for r in batch.events]),
+            ("log", [(r[0], r[1], r[3]) for r in batch.uplink_log]),
+            ("sessions", [r[:3] for r in batch.sessions]),
+        ):
+            assert len(keys) == len(set(keys)), f"duplicate {name} key inside one batch"
+            stored[name] |= set(keys)
+        for r in batch.sessions:
+            sessions[r[:3]] = r if r[:3] not in sessions else rows.merge_session(sessions[r[:3]], r)
+        for r in batch.devices:
+            old = devices.get(r[0])
+            devices[r[0]] = r if old is None else (r[0], max(old[1], r[1]), max(old[2], r[2]))  # type: ignore[operator]
+        acks += batch.acks
+    assert stored == expected_keys(messages)
+    assert sorted(acks) == list(range(len(stream))), "every delivery is acknowledged exactly once"
+    assert all(r[rows.SESSION_COLUMNS.index("ended_at")] is not None for r in sessions.values())
+    assert all(r[rows.SESSION_COLUMNS.index("tz_offset_min")] is not None for r in sessions.values())
+    assert {d: v[2] for d, v in devices.items()} == {"dev-a": 7, "dev-b": 6}
+
+
+def quarantined(topic: str, payload: bytes, now: datetime = NOW) -> tuple[Reason | None, list[rows.Row]]:
+    b: Batcher[int] = Batcher(consumer="c", max_payload=4096)
+    reason = b.add(topic, payload, 1, now=now, mono=0.0)
+    batch = b.take()
+    assert batch.acks == [1], "a rejected message is acknowledged too (after its quarantine row commits)"
+    return reason, batch.quarantine
+
+
+def test_each_bad_input_is_quarantined_with_its_reason() -> None:
+    good_topic, good = to_wire(session_traffic("dev-a", start=START)[0])
+    status = msgspec.json.decode(good)
+    cases = {
+        Reason.NOT_JSON: (good_topic, b"\xff not json"),
+        Reason.SCHEMA: (good_topic, encode({**status, "seq": "x"})),
+        Reason.UNKNOWN_VERSION: (good_topic, encode({**status, "schema_version": 99, "new": 1})),
+        Reason.DEVICE_MISMATCH: (topics.uplink("dev-z", Uplink.STATUS), good),
+        Reason.TOPIC_MISMATCH: (topics.uplink("dev-a", Uplink.EVENT), good),
+        Reason.OVERSIZED: (good_topic, b" " * 5000 + good),
+        Reason.OUT_OF_RANGE: (good_topic, encode({**status, "battery_pct": 250.0})),
+        Reason.BAD_TOPIC: ("mf/v1/dev-a/up/nonsense", good),
+        Reason.TOO_LATE: to_wire(
+            Status(device_id="dev-a", seq=1, ts=NOW - timedelta(days=20), state=DeviceState.ONLINE)
+        ),
+    }
+    for reason, (topic, payload) in cases.items():
+        got, q = quarantined(topic, payload)
+        assert got is reason, (reason, got)
+        assert [(r[0], r[1], r[3]) for r in q] == [(topic, payload, reason.value)]
+        assert q[0][2] == rows.sha256(payload) and q[0][4]  # a detail saying why
+
+
+def test_values_that_do_not_fit_their_column_are_out_of_range() -> None:
+    # binary COPY would store 70000 in a smallint as 4464: such values never reach the database
+    event = DeviceEvent(
+        device_id="d", seq=1, ts=START, event=EventType.LEVEL_CHANGE, at=START, level_from=70000
+    )
+    huge_seq = Status(device_id="d", seq=2**63, ts=START, state=DeviceState.ONLINE)
+    for m, column in ((event, "level_from"), (huge_seq, "seq")):
+        reason, q = quarantined(*to_wire(m))
+        assert reason is Reason.OUT_OF_RANGE and column in q[0][4]
+
+
+def test_same_bad_bytes_twice_are_one_quarantine_row() -> None:
+    b: Batcher[int] = Batcher(consumer="c")
+    for i in range(3):
+        b.add("mf/v1/d/up/status", b"nope", i, now=NOW, mono=0.0)
+    batch = b.take()
+    assert len(batch.quarantine) == 1 and batch.acks == [0, 1, 2]
+
+
+def test_due_by_size_or_age_with_injected_time() -> None:
+    msgs = traffic()
+    b: Batcher[int] = Batcher(consumer="c", max_messages=3, max_delay_s=0.5)
+    assert not b.due(100.0) and b.deadline() is None
+    b.add(*msgs[0], 0, now=NOW, mono=10.0)
+    assert not b.due(10.4) and b.deadline() == 10.5
+    assert b.due(10.5)
+    b.add(*msgs[1], 1, now=NOW, mono=10.1)
+    b.add(*msgs[2], 2, now=NOW, mono=10.2)
+    assert b.due(10.2)  # full
+    assert b.take().acks == [0, 1, 2] and len(b) == 0
+
+
+def test_latest_status_wins_and_will_wins_a_tie() -> None:
+    online = Status(device_id="d", seq=5, ts=START, state=DeviceState.ONLINE, fw_version="2")
+    will = Status(device_id="d", seq=5, ts=START, state=DeviceState.OFFLINE)
+    older = Status(device_id="d", seq=3, ts=START - timedelta(minutes=1), state=DeviceState.ONLINE)
+    for order in ([online, will, older], [older, will, online], [will, older, online]):
+        b: Batcher[int] = Batcher(consumer="c")
+        for i, m in enumerate(order):
+            b.add(*to_wire(m), i, now=NOW, mono=0.0)
+        (dev,) = b.take().devices
+        assert dev[rows.DEVICE_COLUMNS.index("state")] == "offline"
+        assert dev[rows.DEVICE_COLUMNS.index("last_seq")] == 5
