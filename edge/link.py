@@ -1,0 +1,248 @@
+"""The MQTT link: connects (MQTT 5), announces the device, drains the outbox, listens for downlinks.
+
+On every connection:
+  1. a retained last will `Status(offline)` is registered and a retained birth `Status(online)` is
+     published on `mf/v1/<id>/up/status` (both carry the same seq: the seq at connect, see below);
+  2. the device subscribes to `mf/v1/<id>/down/#` and hands each message to the handler registered for
+     its kind (the last topic level); a handler that fails is logged with topic and payload, the others
+     run on;
+  3. the outbox is drained oldest-first at QoS 1 with at most `inflight` unacknowledged messages; a row is
+     deleted only after its PUBACK (deletes are batched per event-loop turn: one transaction, not one
+     per message).
+Any connection loss ends the connection's task group; the link waits a capped, fully jittered backoff
+(edge/backoff.py) and starts again, re-sending every row still in the outbox (at-least-once: the cloud
+de-duplicates on natural keys). A fresh client per connection means paho keeps no stale in-flight state.
+
+The birth's seq is reserved from the outbox counter and reused until a birth is acknowledged, so failed
+connects do not burn numbers. On a clean shutdown the offline status is published explicitly.
+
+Known limitation: aiomqtt does not expose the PUBACK reason code, so a broker that refuses a message with
+a negative PUBACK (e.g. an ACL denial, issue 7) is treated as accepted. Mosquitto's default ACL
+behaviour for MQTT 5 is to send a PUBACK with 0x87; revisit when ACLs arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from contract.codec import encode
+from contract.messages import DeviceState, Status
+from contract.mqtturl import parse_mqtt_url
+from contract.topics import PREFIX, Uplink, check_device_id, uplink
+from edge.backoff import Backoff
+from edge.clock import Clock
+from edge.config import EdgeConfig
+from edge.outbox import Outbox, Row
+
+log = logging.getLogger(__name__)
+
+DownlinkHandler = Callable[[str, bytes], Awaitable[None]]
+INCOMING_QUEUE_MAX = 100
+CLOSE_TIMEOUT_S = 2.0
+
+
+class LinkState(StrEnum):
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+
+
+def downlink_filter(device_id: str) -> str:
+    # contract/topics.py has no downlink builder yet (asked of the lead); the layout is documented there.
+    return f"{PREFIX}/{check_device_id(device_id)}/down/#"
+
+
+@dataclass(slots=True)
+class LinkStats:
+    state: LinkState = LinkState.DISCONNECTED
+    connects: int = 0
+    disconnects: int = 0
+    published: int = 0  # PUBACKed messages from the outbox (re-sends after a reconnect count again)
+    downlinks: int = 0
+
+
+class Link:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        outbox: Outbox,
+        clock: Clock,
+        *,
+        rng: random.Random | None = None,
+        on_acked: Callable[[], None] | None = None,
+    ) -> None:
+        self._cfg = config
+        self._outbox = outbox
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._on_acked = on_acked
+        self._addr = parse_mqtt_url(config.mqtt_url)
+        self._status_topic = uplink(config.device_id, Uplink.STATUS)
+        self._handlers: dict[str, DownlinkHandler] = {}
+        self._wake = asyncio.Event()
+        self._acked: list[int] = []
+        self._flush_scheduled = False
+        self._client: aiomqtt.Client | None = None
+        self._unacked_birth_seq: int | None = None
+        self._will_payload: bytes | None = None
+        self.stats = LinkStats()
+        self.connected = asyncio.Event()
+
+    # -- API for the agent ----------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """A message was stored: wake the drain loop."""
+        self._wake.set()
+
+    def on_downlink(self, kind: str, handler: DownlinkHandler) -> None:
+        self._handlers[kind] = handler
+
+    async def run(self) -> None:
+        """Connect, serve, back off, forever (until cancelled)."""
+        backoff = Backoff(self._cfg.reconnect_min_s, self._cfg.reconnect_max_s, random=self._rng.random)
+        while True:
+            self.stats.state = LinkState.CONNECTING
+            try:
+                await self._serve(backoff)
+            except* (aiomqtt.MqttError, OSError) as group:
+                log.info("%s: connection lost or refused: %s", self._cfg.device_id, group.exceptions[0])
+            finally:
+                self._client = None
+                self.connected.clear()
+                self.stats.state = LinkState.DISCONNECTED
+                self._flush_acks()
+            self.stats.disconnects += 1
+            await self._clock.sleep(backoff.next_delay())
+
+    async def close(self) -> None:
+        """Publish the offline status on a clean shutdown (best effort, bounded). Then cancel run()."""
+        client, payload = self._client, self._will_payload
+        if client is None or payload is None:
+            return
+        try:
+            await client.publish(self._status_topic, payload, qos=1, retain=True, timeout=CLOSE_TIMEOUT_S)
+        except aiomqtt.MqttError as exc:
+            log.info("%s: could not publish offline status: %s", self._cfg.device_id, exc)
+
+    # -- one connection ------------------------------------------------------------------------------
+
+    def _status(self, state: DeviceState, seq: int) -> bytes:
+        cfg, ob = self._cfg, self._outbox
+        return encode(
+            Status(
+                device_id=cfg.device_id,
+                seq=seq,
+                ts=self._clock.now(),
+                state=state,
+                model=cfg.model,
+                hw_rev=cfg.hw_rev,
+                fw_version=cfg.fw_version,
+                outbox_depth=ob.depth,
+                outbox_dropped=ob.dropped,
+            )
+        )
+
+    def _new_client(self, will: bytes) -> aiomqtt.Client:
+        cfg, addr = self._cfg, self._addr
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        if cfg.session_expiry_s > 0:
+            props.SessionExpiryInterval = cfg.session_expiry_s
+        return aiomqtt.Client(
+            addr.host,
+            addr.port,
+            username=addr.username,
+            password=addr.password,
+            identifier=cfg.device_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            will=aiomqtt.Will(self._status_topic, will, qos=1, retain=True),
+            clean_start=cfg.session_expiry_s == 0,
+            properties=props,
+            keepalive=cfg.keepalive_s,
+            timeout=cfg.connect_timeout_s,
+            max_inflight_messages=cfg.inflight,
+            max_queued_incoming_messages=INCOMING_QUEUE_MAX,
+            tls_params=aiomqtt.TLSParameters() if addr.tls else None,
+        )
+
+    async def _serve(self, backoff: Backoff) -> None:
+        if self._unacked_birth_seq is None:
+            self._unacked_birth_seq = self._outbox.reserve_seq()
+        seq = self._unacked_birth_seq
+        will = self._status(DeviceState.OFFLINE, seq)
+        client = self._new_client(will)
+        client.pending_calls_threshold = self._cfg.inflight + 10  # our window bounds it; no warning spam
+        async with client:
+            self.stats.connects += 1
+            self.stats.state = LinkState.CONNECTED
+            await client.subscribe(downlink_filter(self._cfg.device_id), qos=1)
+            await client.publish(
+                self._status_topic, self._status(DeviceState.ONLINE, seq), qos=1, retain=True
+            )
+            self._unacked_birth_seq = None
+            self._will_payload = will
+            self._client = client
+            backoff.reset()
+            self.connected.set()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._receive(client), name=f"link-rx:{self._cfg.device_id}")
+                tg.create_task(self._drain(client), name=f"link-tx:{self._cfg.device_id}")
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = str(message.topic)
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            self.stats.downlinks += 1
+            handler = self._handlers.get(topic.rsplit("/", 1)[-1])
+            if handler is None:
+                log.warning("%s: no handler for downlink %s", self._cfg.device_id, topic)
+                continue
+            try:
+                await handler(topic, payload)
+            except Exception:  # one bad downlink must not stop the others
+                log.exception(
+                    "%s: downlink handler failed on %s payload=%r", self._cfg.device_id, topic, payload[:200]
+                )
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        window = asyncio.Semaphore(self._cfg.inflight)
+        cursor = -1
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                self._wake.clear()
+                rows = self._outbox.peek(self._cfg.inflight, after=cursor)
+                if not rows:
+                    await self._wake.wait()
+                    continue
+                for row in rows:
+                    await window.acquire()
+                    tg.create_task(self._publish(client, row, window))
+                    cursor = row.seq
+
+    async def _publish(self, client: aiomqtt.Client, row: Row, window: asyncio.Semaphore) -> None:
+        # No timeout: a dead connection is detected by keepalive and ends the task group instead.
+        await client.publish(row.topic, row.payload, qos=1, timeout=math.inf)
+        window.release()
+        self.stats.published += 1
+        self._acked.append(row.seq)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        self._flush_scheduled = False
+        if not self._acked:
+            return
+        acked, self._acked = self._acked, []
+        self._outbox.ack_many(acked)
+        if self._on_acked is not None:
+            self._on_acked()

@@ -1,0 +1,63 @@
+"""A seeded simulated sensor: what the device would measure for a given persona.
+
+- current follows the level (edge.sensor.level_setpoint_ua: 1..5 -> 80..400 µA) with ±2 % noise;
+- impedance on contact drifts around a per-session base drawn from the persona (good gel 3-10 kΩ,
+  dry 40-150 kΩ), with occasional spikes (x4 for one second);
+- voltage = I * R, capped at the compliance voltage; when capped, the current falls to V / R
+  (dry skin: the device cannot push the setpoint, DOMAIN §1.3);
+- contact is lost now and then (open circuit: no current, impedance 2 MΩ);
+- the zone walks over the persona's zones with 15-40 s dwell.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime
+
+from edge.sensor import Reading, level_setpoint_ua
+from simulators.persona import Persona
+
+COMPLIANCE_V = 15.0  # [ASSUMPTION] a battery device's output stage: 400 µA up to 37 kΩ
+OPEN_CIRCUIT_OHM = 2_000_000.0
+SPIKE_FACTOR = 4.0
+
+
+class SimulatedSensor:
+    __slots__ = ("_base", "_contact", "_dwell", "_persona", "_rng", "_zone_i")
+
+    def __init__(self, persona: Persona, rng: random.Random) -> None:
+        self._persona = persona
+        self._rng = rng
+        self._base = 0.0
+        self._contact = True
+        self._zone_i = 0
+        self._dwell = 0
+        self.begin_session()
+
+    def begin_session(self) -> None:
+        self._base = self._rng.uniform(*self._persona.impedance_ohm)
+        self._contact = True
+        self._zone_i = self._rng.randrange(len(self._persona.zones))
+        self._dwell = self._rng.randint(15, 40)
+
+    def read(self, now: datetime, level: int) -> Reading:
+        p, rng = self._persona, self._rng
+        self._dwell -= 1
+        if self._dwell <= 0:
+            self._zone_i = (self._zone_i + 1) % len(p.zones)
+            self._dwell = rng.randint(15, 40)
+        zone = p.zones[self._zone_i]
+        if self._contact:
+            self._contact = rng.random() >= p.contact_loss_per_s
+        else:
+            self._contact = rng.random() < 0.5
+        if not self._contact:
+            return Reading(now, 0.0, COMPLIANCE_V, OPEN_CIRCUIT_OHM, False, zone)
+        self._base *= rng.uniform(0.98, 1.02)
+        impedance = self._base * (SPIKE_FACTOR if rng.random() < p.spike_per_s else 1.0)
+        current = level_setpoint_ua(level) * rng.uniform(0.98, 1.02)
+        voltage = current * 1e-6 * impedance
+        if voltage > COMPLIANCE_V:
+            voltage = COMPLIANCE_V
+            current = voltage / impedance * 1e6
+        return Reading(now, round(current, 1), round(voltage, 3), round(impedance), True, zone)
