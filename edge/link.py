@@ -16,16 +16,16 @@ de-duplicates on natural keys). A fresh client per connection means paho keeps n
 The birth's seq is reserved from the outbox counter and reused until a birth is acknowledged, so failed
 connects do not burn numbers. On a clean shutdown the offline status is published explicitly.
 
-Known limitation: aiomqtt does not expose the PUBACK reason code, so a broker that refuses a message with
-a negative PUBACK (e.g. an ACL denial, issue 7) is treated as accepted. Mosquitto's default ACL
-behaviour for MQTT 5 is to send a PUBACK with 0x87; revisit when ACLs arrive.
+A broker that refuses a message (MQTT 5 PUBACK with a failure reason code, e.g. 0x87 Not authorized
+from an ACL) has NOT taken it: aiomqtt does not surface that code, so `_CheckedClient` records it and
+the row stays in the outbox (counted in `LinkStats.refused`, logged, sent again on the next connection):
+a misconfigured ACL delays data, it never deletes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,11 +34,12 @@ from enum import StrEnum
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from contract.codec import encode
 from contract.messages import DeviceState, Status
 from contract.mqtturl import parse_mqtt_url
-from contract.topics import PREFIX, Uplink, check_device_id, uplink
+from contract.topics import Uplink, downlink_filter, uplink
 from edge.backoff import Backoff
 from edge.clock import Clock
 from edge.config import EdgeConfig
@@ -57,9 +58,39 @@ class LinkState(StrEnum):
     CONNECTED = "connected"
 
 
-def downlink_filter(device_id: str) -> str:
-    # contract/topics.py has no downlink builder yet (asked of the lead); the layout is documented there.
-    return f"{PREFIX}/{check_device_id(device_id)}/down/#"
+class PublishRefused(aiomqtt.MqttError):
+    """The broker answered a QoS 1 publish with a failure reason code: the message was not accepted."""
+
+    def __init__(self, topic: str, reason: ReasonCode) -> None:
+        super().__init__(f"broker refused publish to {topic}: {reason} ({reason.value:#x})")
+        self.reason = reason
+
+
+class _CheckedClient(aiomqtt.Client):
+    """aiomqtt with the PUBACK reason code checked: `publish_checked` raises PublishRefused on a refusal."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._refusals: dict[int, ReasonCode] = {}
+
+    def _on_publish(
+        self, client: object, userdata: object, mid: int, reason_code: ReasonCode, properties: object
+    ) -> None:
+        if reason_code.is_failure:
+            self._refusals[mid] = reason_code
+        super()._on_publish(client, userdata, mid, reason_code, properties)  # type: ignore[arg-type]
+
+    async def publish_checked(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        info = self._client.publish(topic, payload, 1, retain)
+        if info.rc != 0:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if not info.is_published():
+            confirmation = asyncio.Event()
+            with self._pending_call(info.mid, confirmation, self._pending_publishes):
+                await confirmation.wait()  # a dead connection ends the task group (keepalive)
+        refused = self._refusals.pop(info.mid, None)
+        if refused is not None:
+            raise PublishRefused(topic, refused)
 
 
 @dataclass(slots=True)
@@ -69,6 +100,7 @@ class LinkStats:
     disconnects: int = 0
     published: int = 0  # PUBACKed messages from the outbox (re-sends after a reconnect count again)
     downlinks: int = 0
+    refused: int = 0  # publishes the broker refused (kept in the outbox, retried next connection)
 
 
 class Link:
@@ -152,12 +184,12 @@ class Link:
             )
         )
 
-    def _new_client(self, will: bytes) -> aiomqtt.Client:
+    def _new_client(self, will: bytes) -> _CheckedClient:
         cfg, addr = self._cfg, self._addr
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if cfg.session_expiry_s > 0:
             props.SessionExpiryInterval = cfg.session_expiry_s
-        return aiomqtt.Client(
+        return _CheckedClient(
             addr.host,
             addr.port,
             username=addr.username,
@@ -185,8 +217,8 @@ class Link:
             self.stats.connects += 1
             self.stats.state = LinkState.CONNECTED
             await client.subscribe(downlink_filter(self._cfg.device_id), qos=1)
-            await client.publish(
-                self._status_topic, self._status(DeviceState.ONLINE, seq), qos=1, retain=True
+            await client.publish_checked(
+                self._status_topic, self._status(DeviceState.ONLINE, seq), retain=True
             )
             self._unacked_birth_seq = None
             self._will_payload = will
@@ -213,7 +245,7 @@ class Link:
                     "%s: downlink handler failed on %s payload=%r", self._cfg.device_id, topic, payload[:200]
                 )
 
-    async def _drain(self, client: aiomqtt.Client) -> None:
+    async def _drain(self, client: _CheckedClient) -> None:
         window = asyncio.Semaphore(self._cfg.inflight)
         cursor = -1
         async with asyncio.TaskGroup() as tg:
@@ -228,9 +260,15 @@ class Link:
                     tg.create_task(self._publish(client, row, window))
                     cursor = row.seq
 
-    async def _publish(self, client: aiomqtt.Client, row: Row, window: asyncio.Semaphore) -> None:
+    async def _publish(self, client: _CheckedClient, row: Row, window: asyncio.Semaphore) -> None:
         # No timeout: a dead connection is detected by keepalive and ends the task group instead.
-        await client.publish(row.topic, row.payload, qos=1, timeout=math.inf)
+        try:
+            await client.publish_checked(row.topic, row.payload)
+        except PublishRefused as exc:
+            window.release()
+            self.stats.refused += 1
+            log.error("%s: %s; seq %d stays in the outbox", self._cfg.device_id, exc, row.seq)
+            return
         window.release()
         self.stats.published += 1
         self._acked.append(row.seq)

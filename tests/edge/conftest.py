@@ -105,6 +105,8 @@ class ThreadCollector:
         self.changed = asyncio.Event()
         self._subscribed = threading.Event()
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        if addr.username:
+            self._client.username_pw_set(addr.username, addr.password)
         self._client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
         self._client.on_subscribe = lambda *_: self._subscribed.set()
         self._client.on_message = self._on_message
