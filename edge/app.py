@@ -22,10 +22,11 @@ from typing import Self
 
 from contract.codec import encode
 from contract.messages import DeviceEvent, EndReason, EventType, UplinkMessage, kind_of
-from contract.topics import uplink
+from contract.topics import Downlink, uplink
 from edge.clock import Clock, SystemClock
 from edge.config import EdgeConfig
 from edge.link import DownlinkHandler, Link, LinkState
+from edge.notices import Display, NoticeBoard
 from edge.outbox import Outbox
 from edge.sensor import Reading
 from edge.session import SessionRecorder, number
@@ -46,7 +47,12 @@ class AgentStats:
 
 class Agent:
     def __init__(
-        self, config: EdgeConfig, *, clock: Clock | None = None, rng: random.Random | None = None
+        self,
+        config: EdgeConfig,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        display: Display | None = None,
     ) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
@@ -67,6 +73,8 @@ class Agent:
         self._unreported_drops = 0
         self._last_overflow_event: float | None = None
         self._handlers: dict[str, DownlinkHandler] = {}
+        self._display = display
+        self._board: NoticeBoard | None = None
 
     # -- lifetime ------------------------------------------------------------------------------------
 
@@ -80,6 +88,11 @@ class Agent:
             sync=cfg.outbox_sync,
         )
         self._link = Link(cfg, self._outbox, self.clock, rng=self._rng, on_acked=self._check_empty)
+        self._board = NoticeBoard(
+            cfg.device_id, self.clock, lambda e: self._store([e]), cfg.data_dir / "gate.json", self._display
+        )
+        self._handlers.setdefault(Downlink.NOTICE.value, self._board.on_notice)
+        self._handlers.setdefault(Downlink.GATE.value, self._board.on_gate)
         for kind, handler in self._handlers.items():
             self._link.on_downlink(kind, handler)
         self._check_empty()
@@ -110,6 +123,13 @@ class Agent:
         return self._outbox
 
     @property
+    def notices(self) -> NoticeBoard:
+        """Notices shown to the user, their acknowledgement, and the safety gate."""
+        if self._board is None:
+            raise RuntimeError("the agent is not running: use `async with Agent(config) as agent`")
+        return self._board
+
+    @property
     def link(self) -> Link:
         if self._link is None:
             raise RuntimeError("the agent is not running: use `async with Agent(config) as agent`")
@@ -134,6 +154,7 @@ class Agent:
     def start_session(
         self, level: int, *, session_id: str | None = None, protocol_id: str = "", protocol_version: int = 0
     ) -> str:
+        self.notices.check_may_start()  # raises SessionRefused under a blocking safety gate
         sid = session_id or f"{self._rng.getrandbits(64):016x}"
         self._store(
             self._recorder.start(

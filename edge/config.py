@@ -41,7 +41,7 @@ class EdgeConfig:
     # survives a process crash but not a power cut; the simulator uses it for thousands of agents.
     outbox_sync: SyncMode = "full"
     samples_per_batch: int = DEFAULT_SAMPLES_PER_BATCH
-    model: str = "mf-home"
+    model: str = "mf-home-1"
     hw_rev: str = "A"
     fw_version: str = "0.1.0"
     tz_offset_min: int = 0
