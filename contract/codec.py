@@ -7,6 +7,7 @@ physical ranges. Each failure raises ContractError with its Reason, ready for th
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 import msgspec
@@ -35,6 +36,9 @@ def encode(message: msgspec.Struct) -> bytes:
     return _encoder.encode(message)
 
 
+_BOUND = re.compile(r"^Expected `(int|float)` (<=|>=|<|>) ")
+
+
 def _schema_error(payload: bytes, exc: msgspec.ValidationError) -> ContractError:
     try:
         version = _probe.decode(payload).schema_version
@@ -42,6 +46,8 @@ def _schema_error(payload: bytes, exc: msgspec.ValidationError) -> ContractError
         version = SCHEMA_VERSION
     if version not in SUPPORTED_VERSIONS:
         return ContractError(Reason.UNKNOWN_VERSION, f"schema_version {version} is not supported ({exc})")
+    if _BOUND.match(str(exc)):  # a number outside its declared bounds (e.g. a level beyond a smallint)
+        return ContractError(Reason.OUT_OF_RANGE, str(exc))
     return ContractError(Reason.SCHEMA, str(exc))
 
 
@@ -97,6 +103,10 @@ def decode_downlink(topic: str, payload: bytes, *, max_bytes: int = MAX_PAYLOAD_
         raise _schema_error(payload, exc) from None
     except msgspec.DecodeError as exc:
         raise ContractError(Reason.NOT_JSON, str(exc)) from None
+    if message.schema_version not in SUPPORTED_VERSIONS:
+        raise ContractError(
+            Reason.UNKNOWN_VERSION, f"schema_version {message.schema_version} is not supported"
+        )
     if not isinstance(message, expected):
         raise ContractError(Reason.TOPIC_MISMATCH, f"body is a {type(message).__name__} on {topic!r}")
     if message.device_id != device_id:

@@ -57,5 +57,7 @@ def check_ranges(message: UplinkMessage, now: datetime) -> None:
         _check("summary.duration_active_s", summary.duration_active_s, (0.0, MAX_SESSION.total_seconds()))
     elif isinstance(message, DeviceEvent):
         _check_time("at", message.at, now)
+        if message.value is not None:
+            _check("value", message.value, (-1e12, 1e12))
     elif isinstance(message, Status) and message.battery_pct is not None:
         _check("battery_pct", message.battery_pct, (0.0, 100.0))

@@ -20,7 +20,9 @@ from contract.topics import Uplink
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 DeviceId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")]
 SessionId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Seq = Annotated[int, msgspec.Meta(ge=0)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # a bigint in the database
+Level = Annotated[int, msgspec.Meta(ge=0, le=100)]  # a smallint in the database
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]  # an int in the database
 Text = Annotated[str, msgspec.Meta(max_length=200)]
 MAX_SAMPLES_PER_BATCH = 600
 
@@ -81,7 +83,7 @@ class Sample(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields
     impedance_ohm: float
     contact: bool
     zone: Zone | None
-    level: int
+    level: Level
 
 
 class ZoneDwell(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -94,11 +96,11 @@ class SessionSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True, om
 
     duration_on_s: float
     duration_active_s: float
-    samples: int
-    level_start: int
-    level_max: int
-    level_changes_up: int = 0
-    level_changes_down: int = 0
+    samples: Count
+    level_start: Level
+    level_max: Level
+    level_changes_up: Count = 0
+    level_changes_down: Count = 0
     boost_active_s: float = 0.0
     current_ua_mean: float = 0.0
     current_ua_p95: float = 0.0
@@ -108,7 +110,7 @@ class SessionSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True, om
     impedance_ohm_p95: float = 0.0
     impedance_ohm_max: float = 0.0
     contact_ok_ratio: float = 1.0
-    impedance_spikes: int = 0
+    impedance_spikes: Count = 0
     charging_during_output: bool = False
     battery_pct_start: float | None = None
     battery_pct_end: float | None = None
@@ -125,10 +127,10 @@ class _Uplink(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field
 class SessionStart(_Uplink, frozen=True, tag=Uplink.SESSION_START.value):
     session_id: SessionId
     started_at: AwareDatetime
-    level: int
-    tz_offset_min: int = 0
+    level: Level
+    tz_offset_min: Annotated[int, msgspec.Meta(ge=-14 * 60, le=14 * 60)] = 0
     protocol_id: Text = ""
-    protocol_version: int = 0
+    protocol_version: Count = 0
     fw_version: Text = ""
 
 
@@ -149,8 +151,8 @@ class DeviceEvent(_Uplink, frozen=True, tag=Uplink.EVENT.value, omit_defaults=Tr
     event: EventType
     at: AwareDatetime
     session_id: SessionId | None = None
-    level_from: int | None = None
-    level_to: int | None = None
+    level_from: Level | None = None
+    level_to: Level | None = None
     value: float | None = None
     detail: Text = ""
 
@@ -163,9 +165,9 @@ class Status(_Uplink, frozen=True, tag=Uplink.STATUS.value, omit_defaults=True):
     hw_rev: Text = ""
     fw_version: Text = ""
     protocol_id: Text = ""
-    protocol_version: int = 0
-    outbox_depth: int = 0
-    outbox_dropped: int = 0
+    protocol_version: Count = 0
+    outbox_depth: Count = 0
+    outbox_dropped: Count = 0
     battery_pct: float | None = None
 
 

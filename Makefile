@@ -1,0 +1,67 @@
+# microfleet developer commands. On a fresh machine: `make demo` (the platform and a few hundred simulated
+# devices with a live summary) or `make test` (the whole suite against real PostgreSQL and Mosquitto).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+STAMP := $(VENV)/.installed
+# The first interpreter found that is Python >= 3.11 (override: make venv PYTHON=/path/to/python3.12).
+ifeq ($(origin PYTHON), undefined)
+PYTHON := $(shell for p in python3 python3.11 python3.12 python3.13; do \
+	  $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && { command -v $$p; break; }; \
+	done)
+endif
+PYTEST_ARGS ?=
+
+.PHONY: help venv services test check demo bench clean distclean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+venv: $(STAMP)  ## create .venv and install microfleet with its dev extras (quick when up to date)
+
+$(STAMP): pyproject.toml
+	@if [ -z "$(PYTHON)" ]; then echo "make venv: no Python >= 3.11 found; install python3 (>= 3.11) or pass PYTHON=..." >&2; exit 1; fi
+	@if [ ! -x $(VENV)/bin/python ]; then \
+	  echo "creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"; \
+	  if ! $(PYTHON) -m venv $(VENV); then \
+	    rm -rf $(VENV); \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      echo "installing python3-venv (Debian)"; apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; \
+	      $(PYTHON) -m venv $(VENV); \
+	    else echo "make venv: '$(PYTHON) -m venv' failed; install python3-venv" >&2; exit 1; fi; \
+	  fi; \
+	fi
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+services:  ## install (Debian, as root) and start PostgreSQL, Mosquitto and the npm test packages
+	@scripts/ensure-services.sh
+
+test: venv services  ## run the whole test suite (pytest; PYTEST_ARGS=... to pass more)
+	@rc=0; $(VENV)/bin/pytest -q --durations=15 $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc = 5 ]; then echo "make test: pytest collected no tests: that is a failure" >&2; fi; \
+	exit $$rc
+
+check: venv  ## ruff, ruff format --check, mypy --strict and import-linter
+	@scripts/check
+
+demo: venv services  ## run the platform and a few hundred simulated devices with a live summary
+	$(VENV)/bin/microfleet demo
+
+bench: venv services  ## run every bench/*.py script (not _*.py) and print its figures
+	@shopt -s nullglob; found=0; \
+	for f in bench/*.py; do \
+	  case "$$(basename $$f)" in _*) continue;; esac; \
+	  found=1; echo "== $$f"; PYTHONPATH=. $(VENV)/bin/python $$f; \
+	done; \
+	if [ $$found = 0 ]; then echo "make bench: no bench/*.py scripts yet"; fi
+
+clean:  ## remove caches and build output (keeps .venv and node_modules)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache build dist *.egg-info
+	find . -path ./.venv -prune -o -path ./node_modules -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
+
+distclean: clean  ## also remove .venv and node_modules
+	rm -rf $(VENV) node_modules

@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): `create_app(config)` in app.py, one router per resource in routers/."""

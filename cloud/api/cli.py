@@ -1,0 +1,104 @@
+"""`microfleet api ...`: serve the HTTP API, and manage API tokens (mint the first admin token here)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cloud.api.models import Role
+from cloud.config import CloudConfig
+
+app = typer.Typer(name="api", help="The HTTP API: serve it, manage its tokens.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens (stored hashed; a token is shown once).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+DsnOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url", envvar="MICROFLEET_DATABASE_URL", help="PostgreSQL DSN (default: from config)."
+    ),
+]
+
+
+def _config(database_url: str | None) -> CloudConfig:
+    config = CloudConfig.from_env()
+    return CloudConfig.from_env(database_url=database_url) if database_url else config
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    return typer.Exit(code=1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    database_url: DsnOption = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the API (OpenAPI document at /openapi.json, interactive docs at /docs)."""
+    import uvicorn
+
+    from cloud.api.app import create_app
+
+    uvicorn.run(create_app(_config(database_url)), host=host, port=port, log_level=log_level)
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option(help="Who or what uses the token, e.g. alice or grafana.")],
+    role: Annotated[
+        Role, typer.Option(help="viewer reads; operator acts on alerts/rollouts; admin manages.")
+    ],
+    database_url: DsnOption = None,
+) -> None:
+    """Create a token and print it once on stdout (only its SHA-256 is stored)."""
+    import psycopg
+
+    from cloud.api import tokens
+    from cloud.db.pool import DatabaseUnreachable, connect
+
+    try:
+        with connect(_config(database_url).database_url) as conn:
+            token, token_id = tokens.create_sync(conn, name, role)
+    except DatabaseUnreachable as exc:
+        raise _fail(str(exc)) from None
+    except psycopg.errors.UndefinedTable:
+        raise _fail("the api_tokens table is missing: run `microfleet db migrate` first") from None
+    typer.secho(f"token {token_id} ({name}, {role.value}); it is shown once, keep it safe:", err=True)
+    typer.echo(token)
+
+
+@token_app.command("list")
+def token_list(database_url: DsnOption = None) -> None:
+    """Every token: id, name, role, created, revoked (never the token itself)."""
+    from cloud.api import tokens
+    from cloud.db.pool import DatabaseUnreachable, connect
+
+    try:
+        with connect(_config(database_url).database_url) as conn:
+            rows = conn.execute(tokens.LIST).fetchall()
+    except DatabaseUnreachable as exc:
+        raise _fail(str(exc)) from None
+    for token_id, name, role, created_at, revoked_at in rows:
+        revoked = f"revoked {revoked_at.isoformat()}" if revoked_at else "active"
+        typer.echo(f"{token_id}\t{name}\t{role}\t{created_at.isoformat()}\t{revoked}")
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: int, database_url: DsnOption = None) -> None:
+    """Revoke a token: it is refused from the next request on."""
+    from cloud.api import tokens
+    from cloud.db.pool import DatabaseUnreachable, connect
+
+    try:
+        with connect(_config(database_url).database_url) as conn:
+            row = conn.execute(tokens.REVOKE, (token_id,)).fetchone()
+            conn.commit()
+    except DatabaseUnreachable as exc:
+        raise _fail(str(exc)) from None
+    if row is None:
+        raise _fail(f"no token {token_id}; see `microfleet api token list`")
+    typer.echo(f"token {token_id} revoked")

@@ -1,0 +1,25 @@
+"""The cloud's commands, mounted at the top of `microfleet` by cli/main.py.
+
+Heavy dependencies (psycopg, paho) are imported inside the sub-apps' commands, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from cloud.api.cli import app as api_app
+from cloud.dashboards.cli import app as dashboards_app
+from cloud.db.cli import app as db_app
+from cloud.identity.cli import broker_app, devices_app, keys_app, pki_app
+from cloud.ingest.cli import app as ingest_app
+
+app = typer.Typer(no_args_is_help=True)
+app.add_typer(db_app, name="db", help="Database schema: migrate, status, maintain.")
+app.add_typer(api_app, name="api", help="The HTTP API: serve, tokens.")
+app.add_typer(dashboards_app, name="dashboards", help="Grafana dashboards as code: build, publish.")
+app.add_typer(devices_app, name="devices")
+app.add_typer(broker_app, name="broker")
+app.add_typer(pki_app, name="pki")
+app.add_typer(keys_app, name="keys")
+for command in ingest_app.registered_commands:
+    app.registered_commands.append(command)
