@@ -231,7 +231,7 @@ def test_bad_input_is_quarantined_with_its_reason_while_valid_traffic_flows(
     )
     bad = {
         "not_json": (topic, b"{definitely not json"),
-        "schema": (topic, encode({**body, "seq": -1})),
+        "schema": (topic, encode({**body, "seq": "seven"})),
         "unknown_version": (topic, encode({**body, "schema_version": 7})),
         "device_mismatch": (topics.uplink("odd-2", Uplink.STATUS), good),
         "topic_mismatch": (topics.uplink("odd-1", Uplink.EVENT), good),

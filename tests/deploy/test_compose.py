@@ -106,22 +106,23 @@ def test_device_image_carries_no_database_driver() -> None:
 
 def test_every_compose_command_exists_in_the_cli() -> None:
     """A service may only run a `microfleet` command (and options) that exists."""
-    import click
     import typer
 
     from cli.main import app
 
+    # typer >= 0.29 vendors its own click (typer._click): use the classes of the command it builds
     root = typer.main.get_command(app)
-    assert isinstance(root, click.Group)
+    assert hasattr(root, "get_command"), "the root command must be a group"
+    context_type = type(typer.main.get_command(app).make_context("microfleet", [], resilient_parsing=True))
     for name, service in compose()["services"].items():
         if "command" not in service:
             continue
         words = [w for w in service["command"] if not w.startswith("${")]
-        command: click.Command = root
+        command = root
         path = []
-        while isinstance(command, click.Group) and words and not words[0].startswith("-"):
+        while hasattr(command, "get_command") and words and not words[0].startswith("-"):
             path.append(words.pop(0))
-            sub = command.get_command(click.Context(command), path[-1])
+            sub = command.get_command(context_type(command), path[-1])
             assert sub is not None, f"{name}: `microfleet {' '.join(path)}` does not exist"
             command = sub
         options = {o for p in command.params for o in getattr(p, "opts", [])}
