@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typer
 
+from cloud.alerts.cli import app as alerts_app
 from cloud.api.cli import app as api_app
 from cloud.dashboards.cli import app as dashboards_app
 from cloud.db.cli import app as db_app
@@ -15,6 +16,7 @@ from cloud.ingest.cli import app as ingest_app
 
 app = typer.Typer(no_args_is_help=True)
 app.add_typer(db_app, name="db", help="Database schema: migrate, status, maintain.")
+app.add_typer(alerts_app, name="alerts", help="Alerts: run the engine, list, ack, resolve, snooze.")
 app.add_typer(api_app, name="api", help="The HTTP API: serve, tokens.")
 app.add_typer(dashboards_app, name="dashboards", help="Grafana dashboards as code: build, publish.")
 app.add_typer(devices_app, name="devices")

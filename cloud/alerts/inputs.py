@@ -28,6 +28,9 @@ class Contraindications(msgspec.Struct, frozen=True, kw_only=True):
     under_18: bool = False  # declared; `birth_date` is used when known
     birth_date: date | None = None
     last_surgery_on: date | None = None
+    recent_surgery: bool = (
+        False  # declared without a date (the profile's flag): blocks like a date < 12 months
+    )
     metal_implants: bool = False
     diabetes: bool = False
     neck_contraindicated: bool = False  # e.g. a thyroid condition: no neck use (O7)

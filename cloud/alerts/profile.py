@@ -36,7 +36,7 @@ def contraindication_reasons(
         flags.birth_date is not None and age_years(flags.birth_date, today) < params.min_age_years
     ):
         block.append("under_age")
-    if (
+    if flags.recent_surgery or (
         flags.last_surgery_on is not None
         and (today - flags.last_surgery_on).days < params.surgery_months * 365.25 / 12
     ):

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from cloud.alerts import api as alerts_api
 from cloud.api.metrics import ApiMetrics, MetricsMiddleware
 from cloud.api.routers import credentials, devices, health, quarantine, sessions, tokens, usage
 from cloud.config import CloudConfig
@@ -78,7 +79,7 @@ def create_app(
     app.state.metrics = ApiMetrics(min_refresh_s=metrics_refresh_s)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 
-    for module in (health, devices, credentials, sessions, usage, quarantine, tokens):
+    for module in (health, devices, credentials, sessions, usage, quarantine, tokens, alerts_api):
         app.include_router(module.router)
 
     database = describe(config.database_url)

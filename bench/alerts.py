@@ -1,0 +1,234 @@
+"""Alert latency under steady load: publish of the triggering message -> alert committed, and -> the
+notice reaching the device; p50 / p99 / max, printed beside the ingest rate of the same run.
+
+One private mosquitto, a scratch database, one ingest consumer process and one alert engine process
+(separate shared-subscription groups, so both see every message). A publisher process sends valid
+background traffic (sessions without any alert) at a steady `--rate` for `--seconds`, and every
+`--trigger-every` seconds a trigger: a sample batch of a new device with a 950 µA sample (T7, critical:
+never held by quiet hours). This process timestamps each committed alert (LISTEN mf_alerts: NOTIFY is
+delivered at COMMIT) and each notice (a subscriber on mf/v1/+/down/notice).
+
+Goal (issue 3): p99 < 250 ms at >= 5,000 messages/s, and the alert engine never the bottleneck: it must
+finish the traffic no later than ingest. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import paho.mqtt.client as mqtt  # noqa: E402
+import psycopg  # noqa: E402
+
+from bench._common import Message, Publisher, fleet_traffic, to_wire, wait_until  # noqa: E402
+from cloud.db.migrate import migrate  # noqa: E402
+from contract import topics  # noqa: E402
+from contract.messages import Sample, SampleBatch, Zone  # noqa: E402
+from tests.support.services import Mosquitto, scratch_database  # noqa: E402
+
+
+def trigger(i: int, now: datetime) -> Message:
+    dev = f"trig-{i}"
+    samples = (
+        Sample(now - timedelta(seconds=1), 200.0, 5.0, 8000.0, True, Zone.CHEEK_L, 2),
+        Sample(now, 950.0, 5.0, 8000.0, True, Zone.CHEEK_L, 2),
+    )
+    return to_wire(SampleBatch(device_id=dev, seq=1, ts=now, session_id=f"s-{dev}", samples=samples))
+
+
+def publish_paced(
+    url: str, background: list[Message], rate: float, seconds: float, every: float, out: Any
+) -> None:
+    """Child process: steady `rate` msgs/s in 10 ms ticks, a trigger every `every` s; reports trigger times."""
+    pub = Publisher(url, "bench-alerts-pub", inflight=2000)
+    sent: dict[str, float] = {}
+    tick, per_tick = 0.01, rate * 0.01
+    t0, n, i, carry, next_trigger = time.perf_counter(), 0, 0, 0.0, 0.0
+    while n < len(background) and time.perf_counter() - t0 < seconds:
+        elapsed = time.perf_counter() - t0
+        if elapsed >= next_trigger:
+            topic, payload = trigger(i, datetime.now(UTC))
+            sent[f"trig-{i}"] = time.time()
+            pub.client.publish(topic, payload, qos=1)
+            i, next_trigger = i + 1, next_trigger + every
+        carry += per_tick
+        k = int(carry)
+        carry -= k
+        for topic, payload in background[n : n + k]:
+            pub.client.publish(topic, payload, qos=1)
+        n += k
+        sleep = t0 + (elapsed // tick + 1) * tick - time.perf_counter()
+        if sleep > 0:
+            time.sleep(sleep)
+    out.put({"sent": sent, "background": n, "publish_s": time.perf_counter() - t0})
+    time.sleep(1.0)
+    pub.close()
+
+
+class Proc:
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def subscribed(self) -> bool:
+        return any(" subscribed to " in line for line in self.lines)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rate", type=float, default=5000.0, help="background messages per second")
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--trigger-every", type=float, default=0.1)
+    a = ap.parse_args()
+    devices = max(1, int(a.rate * a.seconds / 49))  # 7 sessions x 7 messages per device
+    traffic = fleet_traffic(devices, 7, prefix="bg")
+    background = traffic.messages[: int(a.rate * a.seconds)]
+    broker = Mosquitto()
+    broker.start()
+    notices: dict[str, float] = {}
+    committed: dict[str, float] = {}
+    try:
+        with scratch_database("mf_bench_alerts") as dsn:
+            migrate(dsn)
+            env = {
+                "MICROFLEET_DATABASE_URL": dsn,
+                "MICROFLEET_MQTT_URL": broker.url,
+                "MICROFLEET_ALERT_QUIET_START": "00:00",
+                "MICROFLEET_ALERT_QUIET_END": "00:00",
+            }
+            ingest = Proc(["cloud.ingest", "--consumer-id", "bench-ingest", "--no-housekeeping"], env)
+            engine = Proc(["cloud.alerts", "run", "--no-gate", "--consumer-id", "bench-alerts"], env)
+            wait_until(lambda: ingest.subscribed() and engine.subscribed(), 30, what="consumers subscribed")
+
+            sub = mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2, client_id="bench-device", protocol=mqtt.MQTTv5
+            )
+            ready = threading.Event()
+            sub.on_subscribe = lambda *_a: ready.set()
+            sub.on_connect = lambda c, *_a: c.subscribe(topics.PREFIX + "/+/down/notice", qos=1)
+            sub.on_message = lambda _c, _u, m: notices.setdefault(m.topic.split("/")[2], time.time())
+            sub.connect("127.0.0.1", broker.port)
+            sub.loop_start()
+            assert ready.wait(10)
+
+            listen = psycopg.connect(dsn, autocommit=True)
+            listen.execute("listen mf_alerts")
+            stop = threading.Event()
+
+            def listener() -> None:
+                while not stop.is_set():
+                    for n in listen.notifies(timeout=0.2):
+                        at = time.time()
+                        for _id, dev, _rule in json.loads(n.payload):
+                            committed.setdefault(dev, at)
+
+            lt = threading.Thread(target=listener, daemon=True)
+            lt.start()
+            q: Any = mp.Queue()
+            t0 = time.perf_counter()
+            child = mp.Process(
+                target=publish_paced, args=(broker.url, background, a.rate, a.seconds, a.trigger_every, q)
+            )
+            child.start()
+            report = q.get(timeout=a.seconds + 120)
+            sent, total = report["sent"], report["background"] + len(report["sent"])
+            with psycopg.connect(dsn, autocommit=True) as conn:
+
+                def count(sql: str) -> int:
+                    row = conn.execute(sql).fetchone()
+                    return int(row[0]) if row else 0
+
+                wait_until(
+                    lambda: count("select count(*) from uplink_log") >= total, 120, 0.02, "ingest done"
+                )
+                ingest_s = time.perf_counter() - t0
+                sessions_bg = sum(
+                    1 for t, _ in background[: report["background"]] if t.endswith("/session_end")
+                )
+                wait_until(
+                    lambda: (
+                        count("select count(*) from alert_history") >= sessions_bg
+                        and len(notices) >= len(sent)
+                    ),
+                    120,
+                    0.02,
+                    "alert engine done",
+                )
+                alerts_s = time.perf_counter() - t0
+            child.join(10)
+            stop.set()
+            lt.join(2)
+            listen.close()
+            sub.loop_stop()
+            ingest.stop()
+            engine.stop()
+    finally:
+        broker.close()
+    commit_ms = [1000 * (committed[d] - s) for d, s in sent.items() if d in committed]
+    notice_ms = [1000 * (notices[d] - s) for d, s in sent.items() if d in notices]
+    result = {
+        "rate_msgs": round(total / report["publish_s"], 1),
+        "ingest_rate_msgs": round(total / ingest_s, 1),
+        "ingest_done_s": round(ingest_s, 2),
+        "alerts_done_s": round(alerts_s, 2),
+        "triggers": len(sent),
+        "committed": len(commit_ms),
+        "notices": len(notice_ms),
+        "commit_p50_ms": round(pct(commit_ms, 0.5), 1),
+        "commit_p99_ms": round(pct(commit_ms, 0.99), 1),
+        "commit_max_ms": round(max(commit_ms, default=float("nan")), 1),
+        "p50_ms": round(pct(notice_ms, 0.5), 1),
+        "p99_ms": round(pct(notice_ms, 0.99), 1),
+        "max_ms": round(max(notice_ms, default=float("nan")), 1),
+    }
+    print(
+        f"published {total} messages at {result['rate_msgs']}/s; ingest stored them at {result['ingest_rate_msgs']}/s"
+    )
+    print(
+        f"alert committed: p50 {result['commit_p50_ms']} ms, p99 {result['commit_p99_ms']} ms, max {result['commit_max_ms']} ms"
+    )
+    print(
+        f"notice at device: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms (goal p99 < 250)"
+    )
+    print(f"ingest done after {ingest_s:.2f} s, alert engine after {alerts_s:.2f} s")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

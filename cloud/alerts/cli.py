@@ -1,0 +1,122 @@
+"""`microfleet alerts`: run the engine, and list / ack / resolve / snooze alerts (every change audited).
+
+The lead mounts this app as `alerts` (cloud/cli.py: `app.add_typer(alerts_app, name="alerts")`).
+Heavy imports stay inside the commands so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Alerts: the engine, and the operators' alert commands.")
+
+
+def _cfg(**overrides: object) -> Any:
+    from cloud.alerts.config import AlertConfig, AlertConfigError
+    from cloud.config import CloudConfig
+
+    try:
+        return AlertConfig.from_env(
+            CloudConfig.from_env(), None, **{k: v for k, v in overrides.items() if v is not None}
+        )
+    except AlertConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run(
+    consumer_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Stable id of this engine (its broker session). Default MICROFLEET_ALERT_CONSUMER_ID."
+        ),
+    ] = None,
+    gate: Annotated[bool, typer.Option(help="Poll device profiles for the safety gate (C1).")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run one alert engine in the `alerts` shared-subscription group until SIGTERM/SIGINT."""
+    from cloud.alerts.service import AlertService
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    AlertService(_cfg(consumer_id=consumer_id), gate=gate).run()
+
+
+@app.command("list")
+def list_(
+    state: Annotated[
+        str | None, typer.Option(help="open, acknowledged, snoozed, resolved, or live (not resolved).")
+    ] = "live",
+    device: Annotated[str | None, typer.Option(help="Only this device.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List alerts, newest first."""
+    from cloud.alerts.queries import list_alerts
+    from cloud.db.pool import connect
+
+    with connect(_cfg().database_url) as conn:
+        rows = list_alerts(conn, state=state, device_id=device, limit=limit)
+    for r in rows:
+        if as_json:
+            typer.echo(json.dumps(r, default=str))
+        else:
+            typer.echo(
+                f"{r['id']:>6} {r['state']:<12} {r['severity']:<8} {r['rule_id']:<3} {r['device_id']} "
+                f"[{r['episode_key']}] x{r['count']} last {r['last_seen']:%Y-%m-%d %H:%M} {r['message']}"
+            )
+    if not rows:
+        typer.echo("no alerts match", err=True)
+
+
+def _act(alert_id: int, op: str, by: str, reason: str, until: datetime | None = None) -> None:
+    from cloud.alerts.lifecycle import Action, LifecycleError, Op
+    from cloud.alerts.queries import act
+    from cloud.db.pool import connect
+
+    cfg = _cfg()
+    try:
+        with connect(cfg.database_url) as conn:
+            row = act(conn, cfg, alert_id, Action(Op(op), by, reason, until), datetime.now(UTC))
+    except LifecycleError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"alert {row['id']} is {row['state']}")
+
+
+By = Annotated[str, typer.Option("--by", help="Who you are (recorded in the audit trail).")]
+Reason = Annotated[str, typer.Option("--reason", help="Why (recorded in the audit trail).")]
+
+
+@app.command()
+def ack(alert_id: int, by: By, reason: Reason = "acknowledged") -> None:
+    """Acknowledge an alert: ops are on it."""
+    _act(alert_id, "ack", by, reason)
+
+
+@app.command()
+def resolve(alert_id: int, by: By, reason: Reason = "resolved by an operator") -> None:
+    """Resolve an alert by hand."""
+    _act(alert_id, "resolve", by, reason)
+
+
+@app.command()
+def snooze(
+    alert_id: int,
+    until: Annotated[datetime, typer.Option(help="ISO time with zone, e.g. 2024-05-06T09:00:00+00:00.")],
+    by: By,
+    reason: Reason = "snoozed",
+) -> None:
+    """Snooze an alert until a time; it reopens then."""
+    if until.tzinfo is None:
+        typer.echo("error: --until needs a time zone, e.g. 2024-05-06T09:00:00+00:00", err=True)
+        raise typer.Exit(2)
+    _act(alert_id, "snooze", by, reason, until)

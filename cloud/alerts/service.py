@@ -1,0 +1,202 @@
+"""Composition root of one alert engine process (`microfleet alerts run`).
+
+Threads, each started and joined here: paho's network thread (the `alerts` shared-subscription
+Consumer), the engine thread (batches -> one transaction each -> acks after COMMIT), the delivery worker
+(notices and gates), the webhook worker (when a URL is set), the profile poller (safety gate) and the
+timer (snoozes that expire, orphaned session state). The in-memory backlog is bounded by the consumer's
+Receive Maximum: the broker sends no more until we ack.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any
+
+import psycopg
+
+from cloud.alerts.config import AlertConfig
+from cloud.alerts.delivery import DeliveryWorker, Publisher
+from cloud.alerts.engine import BatchResult, Engine
+from cloud.alerts.gate import GatePoller
+from cloud.alerts.lifecycle import wake_snoozed
+from cloud.alerts.webhook import WebhookWorker
+from cloud.ingest.consumer import AckToken, Consumer
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], datetime]
+STALE_SESSION = timedelta(days=1)
+RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Inbox:
+    """Messages from paho's thread to the engine thread (never blocks paho: bounded by Receive Maximum)."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[str, bytes, AckToken]] = []
+        self._cond = threading.Condition()
+        self._first = 0.0
+
+    def offer(self, topic: str, payload: bytes, token: AckToken) -> None:
+        with self._cond:
+            if not self._items:
+                self._first = time.monotonic()
+            self._items.append((topic, payload, token))
+            self._cond.notify()
+
+    def take(
+        self, max_items: int, max_delay_s: float, stop: threading.Event
+    ) -> list[tuple[str, bytes, AckToken]]:
+        with self._cond:
+            end = time.monotonic() + 0.5
+            while not stop.is_set():
+                now = time.monotonic()
+                if len(self._items) >= max_items or (self._items and now >= self._first + max_delay_s):
+                    break
+                if not self._items and now >= end:
+                    return []
+                self._cond.wait((self._first + max_delay_s - now) if self._items else end - now)
+            out, self._items = self._items[:max_items], self._items[max_items:]
+            self._first = time.monotonic()
+            return out
+
+
+class AlertService:
+    def __init__(self, cfg: AlertConfig, *, clock: Clock = utc_now, gate: bool = True) -> None:
+        self.cfg, self.clock = cfg, clock
+        self.engine = Engine(cfg)
+        self.inbox = Inbox()
+        self.consumer = Consumer(
+            mqtt_url=cfg.mqtt_url,
+            client_id=cfg.consumer_id,
+            group=cfg.group,
+            on_message=self.inbox.offer,
+            receive_maximum=cfg.receive_maximum,
+            session_expiry_s=cfg.session_expiry_s,
+        )
+        self.publisher = Publisher(cfg.mqtt_url, f"{cfg.consumer_id}-down")
+        self.delivery = DeliveryWorker(cfg, self.publisher, clock)
+        self.webhook = WebhookWorker(cfg, clock) if cfg.webhook_url else None
+        self.gate = GatePoller(cfg, clock, self.delivery.wake) if gate else None
+        self.on_batch: Callable[[BatchResult], None] | None = None
+        self.batches = 0
+        self.messages = 0
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._engine_loop, name="alerts-engine", daemon=True),
+            threading.Thread(target=self._timer_loop, name="alerts-timer", daemon=True),
+        ]
+
+    def start(self) -> None:
+        self.publisher.start()
+        self.delivery.start()
+        if self.webhook:
+            self.webhook.start()
+        if self.gate:
+            self.gate.start()
+        for t in self._threads:
+            t.start()
+        self.consumer.start()
+
+    def stop(self) -> None:
+        """Stop taking messages, finish the batch in hand (commit + ack), then stop every worker."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+        self.consumer.stop()
+        if self.gate:
+            self.gate.stop()
+        if self.webhook:
+            self.webhook.stop()
+        self.delivery.stop()
+        self.publisher.stop()
+
+    def __enter__(self) -> AlertService:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def run(self) -> None:
+        """Run until SIGTERM/SIGINT."""
+        done = threading.Event()
+
+        def handler(_sig: int, _frame: FrameType | None) -> None:
+            done.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+        with self:
+            log.info("alert engine %s running (group %s)", self.cfg.consumer_id, self.cfg.group)
+            while not done.wait(30):
+                log.info("alerts: batches=%d messages=%d", self.batches, self.messages)
+
+    # -- threads --------------------------------------------------------------------------------------
+    def _engine_loop(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stop.is_set():
+            items = self.inbox.take(self.cfg.batch_max_messages, self.cfg.batch_max_delay_s, self._stop)
+            if not items:
+                continue
+            attempt = 0
+            while True:
+                try:
+                    if conn is None or conn.closed:
+                        conn = psycopg.connect(self.cfg.database_url, autocommit=True, connect_timeout=5)
+                    result = self.engine.process(conn, [(t, p) for t, p, _ in items], self.clock())
+                    break
+                except psycopg.Error as exc:
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    delay = RETRY_S[min(attempt, len(RETRY_S) - 1)]
+                    attempt += 1
+                    log.warning(
+                        "alert batch of %d not committed (%s); retry in %.1f s", len(items), exc, delay
+                    )
+                    if self._stop.wait(delay):
+                        log.warning("stopping: %d messages not acked, the broker keeps them", len(items))
+                        return
+            self.consumer.ack(t for _, _, t in items)
+            self.batches += 1
+            self.messages += len(items)
+            if result.notices:
+                self.delivery.wake()
+            if self.webhook and result.applied:
+                self.webhook.wake()
+            if self.on_batch:
+                self.on_batch(result)
+        if conn is not None:
+            conn.close()
+
+    def _timer_loop(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stop.wait(self.cfg.timer_s):
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self.cfg.database_url, autocommit=True, connect_timeout=5)
+                now = self.clock()
+                with conn.transaction():
+                    woken = wake_snoozed(conn, now)
+                    conn.execute(
+                        "delete from alert_session_state where updated_at < %s", (now - STALE_SESSION,)
+                    )
+                if woken:
+                    log.info("snooze expired for alerts %s", woken)
+            except psycopg.Error as exc:
+                log.warning("alert timer failed (%s); retrying", exc)
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
