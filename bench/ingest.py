@@ -4,8 +4,10 @@
 
 (a) raw broker: the same payloads, a paho publisher process -> mosquitto (project config) -> a bare paho
     subscriber (QoS 1), messages/s;
-(b) raw database: the same sample rows, binary COPY into a plain table (no index, no partition), rows/s;
-    also the ingest writer alone (its two strategies, batches as the consumer builds them);
+(b) raw database: the same sample rows, binary COPY into the same `samples` table the ingest writes
+    (its natural-key primary key, partitions or chunks, BRIN index and rollup trigger), rows/s: what a
+    perfect consumer could store. For context it also prints COPY into a bare heap table (no index, no
+    partition), which shows what the schema itself costs, and the ingest writer alone (both strategies);
 (c) end to end: publisher process -> broker -> `python -m cloud.ingest` process(es) -> committed rows,
     with 1 and 2 consumer processes; loss counted from the database (uplink_log and samples).
 Its own broker and a scratch database; the last printed line is one JSON object.
@@ -258,12 +260,15 @@ def main() -> None:
     table = Table(title=f"ingest on {platform.node()} ({os.cpu_count()} cores), {spm:.1f} samples/message")
     for col in ("figure", "value", "ceiling", "ratio"):
         table.add_column(col, justify="right" if col != "figure" else "left")
-    broker_rate, copy_rate = results["broker_msgs_per_s"], results["copy_rows_per_s"]
+    broker_rate, heap_rate = results["broker_msgs_per_s"], results["copy_rows_per_s"]
+    copy_rate = results["schema_copy_rows_per_s"]
     table.add_row("(a) raw broker, paho pub -> mosquitto -> paho sub", f"{broker_rate:,.0f} msg/s", "", "")
-    table.add_row("(b) raw binary COPY into a plain table", f"{copy_rate:,.0f} rows/s", "", "")
-    sc = results["schema_copy_rows_per_s"]
+    table.add_row("(b) raw binary COPY into the samples table", f"{copy_rate:,.0f} rows/s", "", "")
     table.add_row(
-        "    binary COPY into the real samples table", f"{sc:,.0f} rows/s", "(b)", f"{sc / copy_rate:.2f}"
+        "    for context: COPY into a bare heap table",
+        f"{heap_rate:,.0f} rows/s",
+        "(b)",
+        f"{heap_rate / copy_rate:.2f}",
     )
     for s in ("copy", "stage"):
         v = results[f"writer_{s}_rows_per_s"]
@@ -291,7 +296,7 @@ def main() -> None:
         "samples": traffic.samples,
         "broker_msgs_per_s": round(broker_rate),
         "copy_rows_per_s": round(copy_rate),
-        "schema_copy_rows_per_s": round(results["schema_copy_rows_per_s"]),
+        "heap_copy_rows_per_s": round(heap_rate),
         "writer_copy_rows_per_s": round(results["writer_copy_rows_per_s"]),
         "writer_stage_rows_per_s": round(results["writer_stage_rows_per_s"]),
         "e2e_1_samples_per_s": round(results["e2e_1"]["samples_per_s"]),
@@ -299,6 +304,7 @@ def main() -> None:
         "samples_per_s": round(best["samples_per_s"]),
         "messages_per_s": round(best["messages_per_s"]),
         "ratio_e2e_to_copy": round(best["samples_per_s"] / copy_rate, 3),
+        "ratio_e2e_to_heap_copy": round(best["samples_per_s"] / heap_rate, 3),
         "ratio_e2e_to_broker": round(best["messages_per_s"] / broker_rate, 3),
         "loss": int(results["e2e_1"]["loss"] + results["e2e_2"]["loss"]),
     }

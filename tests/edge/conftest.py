@@ -28,6 +28,7 @@ def fast_config(tmp_path: Path, url: str, device_id: str | None = None, **kw: ob
         "data_dir": tmp_path / "edge",
         "mqtt_url": url,
         "outbox_sync": "normal",
+        "samples_per_batch": 10,
         "keepalive_s": 5,
         "connect_timeout_s": 3.0,
         "reconnect_min_s": 0.05,
