@@ -51,13 +51,34 @@ def bootstrap() -> None:
 
 
 @broker_app.command("service")
-def service(username: str, role: str = typer.Option(..., help="svc-ingest, svc-alerts or svc-ota")) -> None:
+def service(
+    username: str,
+    role: str = typer.Option(..., help="svc-ingest, svc-alerts, svc-ota or svc-simulator (load tests only)"),
+    password_env: str | None = typer.Option(
+        None,
+        help="take the password from this environment variable (a deployment's secret) instead of "
+        "generating one; an identity that already exists is then left as it is",
+    ),
+) -> None:
     """Create a service identity; prints its credentials once as JSON on stdout."""
     from cloud.identity import provision
+    from cloud.identity.dynsec import DynsecError
 
+    password = None
+    if password_env:
+        password = os.environ.get(password_env)
+        if not password:
+            console.print(f"[red]{password_env} is not set[/]")
+            raise typer.Exit(2)
     config, admin = _admin()
     with admin:
-        creds = provision.provision_service(admin, username, role, config.mqtt_url)
+        try:
+            creds = provision.provision_service(admin, username, role, config.mqtt_url, password)
+        except DynsecError as exc:
+            if password is None or "already exists" not in str(exc):
+                raise
+            console.print(f"{username} exists; left as it is")
+            return
     typer.echo(json.dumps({"username": creds.username, "mqtt_url": creds.url_with_secret()}))
 
 

@@ -53,6 +53,13 @@ SERVICE_ROLES: dict[str, tuple[Acl, ...]] = {
         Acl("publishClientReceive", topics.uplink_filter()),
         Acl("publishClientSend", f"{topics.PREFIX}/+/down/notice"),
     ),
+    # Load tests only (docker-compose's simulator replicas): one identity speaks for the devices it
+    # simulates. Never give it to a real device; real devices get a role of their own (provision_device).
+    "svc-simulator": (
+        Acl("publishClientSend", f"{topics.PREFIX}/+/up/#"),
+        Acl("subscribePattern", f"{topics.PREFIX}/+/down/#"),
+        Acl("publishClientReceive", f"{topics.PREFIX}/+/down/#"),
+    ),
     "svc-ota": (
         Acl("publishClientSend", f"{topics.PREFIX}/+/down/protocol"),
         Acl("publishClientSend", f"{topics.PREFIX}/+/down/ota"),

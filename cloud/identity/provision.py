@@ -47,7 +47,11 @@ def revoke_device(client: DynsecClient, device_id: str) -> None:
     client.run(policy.revoke_device(device_id))
 
 
-def provision_service(client: DynsecClient, username: str, role: str, service_mqtt_url: str) -> Credentials:
-    password = new_secret()
+def provision_service(
+    client: DynsecClient, username: str, role: str, service_mqtt_url: str, password: str | None = None
+) -> Credentials:
+    """A service identity; `password` lets a deployment choose it (compose passes it from its secrets),
+    otherwise a new secret is generated. Safe to repeat: an existing identity is left as it is."""
+    password = password or new_secret()
     client.run(policy.provision_service(username, role, password))
     return Credentials(username, password, service_mqtt_url)

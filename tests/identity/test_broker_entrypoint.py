@@ -1,0 +1,92 @@
+"""The compose broker's entrypoint, run for real on this machine's mosquitto: secure by default, with
+service identities created by the CLI from a deployment's secrets, and the TLS listener on the project CA."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cloud.identity.pki import init_pki
+from tests.identity.test_tls import _connect_tls
+from tests.support.services import DYNSEC_PLUGINS, ROOT, free_port, wait_port
+
+ENTRYPOINT = ROOT / "deploy" / "mosquitto" / "entrypoint.sh"
+
+
+def test_entrypoint_secure_broker_with_service_identities(tmp_path: Path) -> None:
+    plugin = next((p for p in DYNSEC_PLUGINS if Path(p).exists()), None)
+    if plugin is None:
+        pytest.skip("mosquitto's dynamic-security plugin is not installed")
+    certs = tmp_path / "certs"
+    init_pki(certs)
+    data = tmp_path / "data"
+    data.mkdir()
+    port, tls_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "MOSQUITTO_CONF_DIR": str(ROOT / "deploy" / "mosquitto"),
+        "MOSQUITTO_DATA_DIR": str(data),
+        "MOSQUITTO_CERT_DIR": str(certs),
+        "MOSQUITTO_DYNSEC_PLUGIN": plugin,
+        "MOSQUITTO_RUN_CONF": str(tmp_path / "run.conf"),
+        "MQTT_PORT": str(port),
+        "MQTTS_PORT": str(tls_port),
+        "MQTT_ADMIN_PASSWORD": "compose-admin",
+        "MOSQUITTO_EXTRA_CONF": "user root" if os.geteuid() == 0 else "",
+    }
+    log = open(tmp_path / "broker.log", "wb")  # noqa: SIM115 - closed below
+    broker = subprocess.Popen(["sh", str(ENTRYPOINT)], env=env, stdout=log, stderr=log)
+    try:
+        wait_port(port)
+        wait_port(tls_port)
+        assert (data / "dynamic-security.json").exists()
+        cli_env = {
+            **os.environ,
+            "MICROFLEET_BROKER_ADMIN_URL": f"mqtt://admin:compose-admin@127.0.0.1:{port}",
+            "MICROFLEET_MQTT_URL": f"mqtt://127.0.0.1:{port}",
+            "INGEST_MQTT_PASSWORD": "ingest-secret",
+        }
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "cli.main", *args],
+                env=cli_env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        assert cli("broker", "bootstrap").returncode == 0
+        made = cli(
+            "broker",
+            "service",
+            "svc-ingest-1",
+            "--role",
+            "svc-ingest",
+            "--password-env",
+            "INGEST_MQTT_PASSWORD",
+        )
+        assert made.returncode == 0, made.stderr
+        assert json.loads(made.stdout)["username"] == "svc-ingest-1"
+        again = cli(
+            "broker",
+            "service",
+            "svc-ingest-1",
+            "--role",
+            "svc-ingest",
+            "--password-env",
+            "INGEST_MQTT_PASSWORD",
+        )
+        assert again.returncode == 0 and "left as it is" in again.stderr
+        # the service connects over TLS with the project CA and its chosen secret; anonymous does not
+        assert _connect_tls(tls_port, certs / "ca.crt", "svc-ingest-1", "ingest-secret")
+        assert not _connect_tls(tls_port, certs / "ca.crt", "svc-ingest-1", "wrong")
+    finally:
+        broker.terminate()
+        broker.wait(10)
+        log.close()
