@@ -40,6 +40,11 @@ for module_name, attr, name in _SUBAPPS:
     else:
         app.add_typer(sub, name=name)
 
+from cli.demo import demo  # noqa: E402 - the demo and the load test need every package: they live here
+from cli.loadtest import loadtest  # noqa: E402
+
+app.command()(demo)
+app.command("loadtest")(loadtest)
 
 if __name__ == "__main__":
     app()

@@ -21,27 +21,48 @@ EYE_ZONES = frozenset({Zone.UNDER_EYE_L, Zone.UNDER_EYE_R})
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 
 
-class ModelLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The hard envelope of a device model (its clearance), not a treatment choice."""
+class ModelLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The hard envelope of a device model (its clearance), not a treatment choice. The one catalogue of
+    models: protocols are checked against it, and the alert rules take their hardware parameters from it."""
 
     model: str
     rated_max_current_ua: float
     eye_max_current_ua: float
     auto_off_s: int
     restricted_zones: frozenset[Zone] = frozenset({Zone.ORBITAL, Zone.TEMPLE})
+    professional: bool = False  # one device serves many clients (per-person rules cannot apply)
+    max_level: int = 5
+    level1_ua: float = 80.0  # level 1..max_level maps linearly onto level1_ua..rated (DOMAIN.md 8: assumed)
+    electrode_area_cm2: float = 1.0  # for current density (IEC 60601-2-10; areas assumed, DOMAIN.md T6)
 
 
 MODEL_LIMITS: dict[str, ModelLimits] = {
     m.model: m
     for m in (
-        ModelLimits("mf-home-1", rated_max_current_ua=400, eye_max_current_ua=192, auto_off_s=1200),
-        ModelLimits("mf-home-mini", rated_max_current_ua=350, eye_max_current_ua=192, auto_off_s=1200),
+        # NuFACE-class at-home device: 80-400 µA over 5 levels (K103472), 20-min auto-off (K201680)
+        ModelLimits(model="mf-home-1", rated_max_current_ua=400, eye_max_current_ua=192, auto_off_s=1200),
+        ModelLimits(model="mf-home-mini", rated_max_current_ua=350, eye_max_current_ua=192, auto_off_s=1200),
+        # small-area head for eyes and lips: 53-192 µA (K131251)
         ModelLimits(
-            "mf-pro-1",
+            model="mf-home-ele",
+            rated_max_current_ua=192,
+            eye_max_current_ua=192,
+            auto_off_s=1200,
+            restricted_zones=frozenset({Zone.TEMPLE}),
+            level1_ua=53,
+            electrode_area_cm2=0.3,
+        ),
+        # clinic stimulator: 10-600 µA in steps, small probes (pantheon); <=200 µA on the face in practice
+        ModelLimits(
+            model="mf-pro-1",
             rated_max_current_ua=600,
             eye_max_current_ua=200,
             auto_off_s=3600,
             restricted_zones=frozenset({Zone.TEMPLE}),
+            professional=True,
+            max_level=12,
+            level1_ua=10,
+            electrode_area_cm2=0.1,
         ),
     )
 }

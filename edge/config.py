@@ -59,6 +59,11 @@ class EdgeConfig:
     session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S
     overflow_event_interval_s: float = 3600.0
 
+    # Simulators only (None on a real device): the path of a multi-device outbox file (edge.outbox.
+    # OutboxFile) that this agent shares with the other agents of its process. The file must be opened
+    # with OutboxFile before the agent starts. Cuts about 190 KiB and 3 fds per simulated agent.
+    outbox_file: Path | None = None
+
     def __post_init__(self) -> None:
         try:
             check_device_id(self.device_id)
@@ -78,7 +83,7 @@ class EdgeConfig:
 
     @property
     def outbox_path(self) -> Path:
-        return self.data_dir / "outbox.sqlite3"
+        return self.outbox_file if self.outbox_file is not None else self.data_dir / "outbox.sqlite3"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> EdgeConfig:

@@ -1,10 +1,11 @@
-"""`microfleet sim`: run a fleet of virtual devices against a broker, with a live summary."""
+"""`microfleet sim`: run a scenario's virtual devices against a broker, with a live summary."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
+import resource
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -15,20 +16,30 @@ from rich.table import Table
 
 from edge.config import DEFAULT_MQTT_URL
 from simulators.fleet import Fleet, FleetConfig, FleetStats
-from simulators.persona import PERSONAS
+from simulators.scenario import Scenario, ScenarioError, load_scenario
+from simulators.slicing import replica_number, replica_slice
 
 app = typer.Typer(help="Simulated devices.")
 console = Console()
 
 
-def _table(s: FleetStats, speed: float) -> Table:
-    t = Table(title=f"microfleet sim (x{speed:g}, simulated {s.sim_elapsed_s / 3600:.2f} h)")
-    for col in ("devices", "connected", "sessions", "stored", "published", "outbox", "dropped"):
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft open-files limit to the hard limit (one socket per device). Returns (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def _table(s: FleetStats, title: str) -> Table:
+    t = Table(title=f"{title} (simulated {s.sim_time_s / 86_400:.2f} days)")
+    for col in ("devices", "connected", "sessions", "samples", "stored", "published", "outbox", "dropped"):
         t.add_column(col, justify="right")
     t.add_row(
-        str(s.devices),
+        f"{s.started}/{s.devices}",
         str(s.connected),
         f"{s.sessions_ended}/{s.sessions_started}",
+        str(s.samples),
         str(s.stored),
         str(s.published),
         str(s.outbox_depth),
@@ -37,35 +48,46 @@ def _table(s: FleetStats, speed: float) -> Table:
     return t
 
 
+def _replica(replicas: int, replica: int | None) -> int:
+    if replica is not None:
+        return replica
+    env = os.environ.get("MICROFLEET_SIM_REPLICA")
+    if env:
+        return int(env)
+    return replica_number(socket.gethostname()) if replicas > 1 else 1
+
+
 @app.command("sim")
 def sim(
-    devices: Annotated[int, typer.Option(help="Number of virtual devices.")] = 10,
+    scenario: Annotated[Path | None, typer.Option(help="Scenario TOML (simulators/scenario.py).")] = None,
+    devices: Annotated[int | None, typer.Option(help="Override the scenario's device count.")] = None,
+    days: Annotated[float | None, typer.Option(help="Override the scenario's simulated days.")] = None,
+    speed: Annotated[float | None, typer.Option(help="0: compressed; 1: real time.")] = None,
     mqtt_url: Annotated[str, typer.Option(envvar="MICROFLEET_MQTT_URL")] = DEFAULT_MQTT_URL,
-    duration: Annotated[float, typer.Option(help="Real seconds to run.")] = 60.0,
-    speed: Annotated[float, typer.Option(help="Simulated seconds per real second.")] = 60.0,
-    seed: Annotated[int, typer.Option()] = 0,
-    data_dir: Annotated[Path, typer.Option(help="Outboxes go under DATA_DIR/<device_id>/.")] = Path(
-        ".microfleet-sim"
-    ),
-    persona: Annotated[
-        list[str] | None, typer.Option(help=f"Persona mix (repeat): {', '.join(PERSONAS)}.")
-    ] = None,
-    id_prefix: Annotated[str, typer.Option()] = "sim",
+    data_dir: Annotated[Path, typer.Option(envvar="MICROFLEET_EDGE_DATA_DIR")] = Path(".microfleet-sim"),
+    replicas: Annotated[int, typer.Option(envvar="MICROFLEET_SIM_REPLICAS")] = 1,
+    replica: Annotated[int | None, typer.Option(help="1..replicas (default: from the host name).")] = None,
+    ramp: Annotated[float, typer.Option(help="Agents started per second (0: all at once).")] = 500.0,
 ) -> None:
-    """Run DEVICES real edge agents in one process for DURATION seconds and print what they did."""
+    """Run the scenario's devices (this replica's slice) and print what they did."""
     try:
-        config = FleetConfig(
-            mqtt_url=mqtt_url,
-            data_dir=data_dir,
-            devices=devices,
-            speed=speed,
-            seed=seed,
-            id_prefix=id_prefix,
-            personas=tuple(persona) if persona else tuple(PERSONAS),
+        sc = load_scenario(scenario) if scenario else Scenario()
+        sc = Scenario(
+            **{
+                **{f: getattr(sc, f) for f in sc.__dataclass_fields__},
+                **({"devices": devices} if devices else {}),
+                **({"days": days} if days is not None else {}),
+                **({"speed": speed} if speed is not None else {}),
+            }
         )
-    except ValueError as exc:
+        part = replica_slice(sc.devices, replicas, _replica(replicas, replica))
+    except (ScenarioError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from None
-    final = asyncio.run(_run(config, duration))  # the live table stays on screen with the final figures
+    soft, _ = raise_fd_limit()
+    if soft < len(part) + 100:
+        console.print(f"[yellow]open-files limit {soft} is below {len(part)} devices: raise `ulimit -n`[/]")
+    config = FleetConfig(sc, mqtt_url, data_dir, device_range=part)
+    final = asyncio.run(_run(config, ramp))
     if final.outbox_depth:
         console.print(
             f"[yellow]{final.outbox_depth} messages still in outboxes under {data_dir}: is the broker "
@@ -74,17 +96,24 @@ def sim(
         raise typer.Exit(1)
 
 
-async def _run(config: FleetConfig, duration: float) -> FleetStats:
-    os.makedirs(config.data_dir, exist_ok=True)
+async def _run(config: FleetConfig, ramp: float) -> FleetStats:
+    title = f"microfleet sim {config.scenario.name} devices {config.indices.start}..{config.indices.stop - 1}"
     async with Fleet(config) as fleet:
-        with Live(_table(fleet.stats(), config.speed), console=console, refresh_per_second=2) as live:
-            run = asyncio.create_task(fleet.run(duration, drain=False))
-            while not run.done():
-                live.update(_table(fleet.stats(), config.speed))
-                await asyncio.wait({run}, timeout=0.5)
-            await run
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(config.drain_timeout_s):
-                    await fleet.drained()
-            live.update(_table(fleet.stats(), config.speed))
+        with Live(_table(fleet.stats(), title), console=console, refresh_per_second=2) as live:
+            work = asyncio.create_task(_work(fleet, ramp))
+            while not work.done():
+                live.update(_table(fleet.stats(), title))
+                await asyncio.wait({work}, timeout=0.5)
+            await work
+            live.update(_table(fleet.stats(), title))
         return fleet.stats()
+
+
+async def _work(fleet: Fleet, ramp: float) -> None:
+    await fleet.connect(ramp, wait_s=None)
+    await fleet.live()
+    try:
+        async with asyncio.timeout(60):
+            await fleet.drained()
+    except TimeoutError:
+        pass

@@ -1,13 +1,14 @@
-"""A fleet of virtual devices in ONE asyncio process: each a real edge Agent with its own MQTT
-connection (client id = device id), its own outbox under `data_dir/<device_id>/`, all on one shared
-ScaledClock (`speed` simulated seconds per real second).
+"""A fleet of virtual devices in ONE asyncio process: each a real edge Agent with its own MQTT connection
+(client id = device id, credentials from the URL template), driven by a simulated user on one SimClock.
 
-    async with Fleet(FleetConfig(devices=200, mqtt_url=url, data_dir=path, speed=60)) as fleet:
-        await fleet.run(60)            # real seconds; then open sessions end and outboxes drain
-        print(fleet.stats())
+    async with Fleet(FleetConfig(scenario, mqtt_url=url, data_dir=path)) as fleet:
+        await fleet.connect(ramp_per_s=500)     # agents start at this rate
+        await fleet.live()                      # the scenario's days of use, in virtual time
+        await fleet.drained()                   # every outbox empty (wrap in a timeout)
 
-Footprint: no threads per agent; per agent one socket, one SQLite connection (page cache capped at
-256 KiB), a session accumulator (8 bytes per sample while a session runs) and a few tasks.
+Footprint (docs/performance.md): with `shared_outbox=True` (the default here) every agent's outbox lives
+in ONE SQLite file (edge.outbox.OutboxFile): about 40 KiB and one socket per agent, no thread per agent.
+A replica of a scaled-out simulator runs `device_range` (its slice, simulators.slicing).
 """
 
 from __future__ import annotations
@@ -21,81 +22,75 @@ from types import TracebackType
 from typing import Self
 
 from edge.app import Agent
-from edge.clock import ScaledClock
 from edge.config import EdgeConfig, SyncMode
-from simulators.device import SimCounters, run_device
-from simulators.persona import PERSONAS, assign
+from edge.outbox import OutboxFile
+from simulators.device import SimCounters, run_user
+from simulators.persona import Persona, assign_all
+from simulators.scenario import Scenario
+from simulators.simclock import SimClock
 
 
 @dataclass(frozen=True, slots=True)
 class FleetConfig:
-    mqtt_url: str
+    scenario: Scenario
+    mqtt_url: str  # may hold {device_id}: mqtt://{device_id}:pw-{device_id}@host:1883
     data_dir: Path
-    devices: int = 10
-    speed: float = 60.0
-    seed: int = 0
-    id_prefix: str = "sim"
-    personas: tuple[str, ...] = tuple(PERSONAS)
-    first_session_within_s: float = 600.0  # simulated; so that a short run sees sessions
-    outbox_sync: SyncMode = "normal"
+    device_range: range | None = None  # this process's slice of 0..scenario.devices-1 (None: all)
+    shared_outbox: bool = True
+    outbox_sync: SyncMode = "off"
     session_expiry_s: int = 0
-    reconnect_max_s: float = 60.0
-    drain_timeout_s: float = 30.0
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    keepalive_s: int = 60
+    clock_skew_s: dict[int, float] = field(default_factory=dict)  # device index -> offset (fault)
     extra: dict[str, object] = field(default_factory=dict)  # more EdgeConfig fields for every agent
 
-    def __post_init__(self) -> None:
-        unknown = [p for p in self.personas if p not in PERSONAS]
-        if unknown:
-            raise ValueError(f"unknown persona(s) {unknown}: choose from {sorted(PERSONAS)}")
-        if self.devices <= 0:
-            raise ValueError("devices must be > 0")
+    @property
+    def indices(self) -> range:
+        return self.device_range if self.device_range is not None else range(self.scenario.devices)
+
+    def device_id(self, i: int) -> str:
+        return f"{self.scenario.id_prefix}-{i:05d}"
 
 
 @dataclass(frozen=True, slots=True)
 class FleetStats:
     devices: int
+    started: int
     connected: int
     sessions_started: int
     sessions_ended: int
+    samples: int
     stored: int
     published: int
     outbox_depth: int
     outbox_dropped: int
-    sim_elapsed_s: float
+    sim_time_s: float
 
 
 class Fleet:
     def __init__(self, config: FleetConfig) -> None:
         self.config = config
-        self.clock = ScaledClock(config.speed)
+        sc = config.scenario
+        self.clock = SimClock(sc.start_at(), speed=sc.speed or None)
         self.counters = SimCounters()
+        names = assign_all(sc.devices, sc.weights, sc.seed)
+        self.personas: dict[str, Persona] = {
+            config.device_id(i): sc.personas[names[i]] for i in config.indices
+        }
         self.agents: list[Agent] = []
         self._stack = contextlib.AsyncExitStack()
-
-    def device_id(self, i: int) -> str:
-        return f"{self.config.id_prefix}-{i:05d}"
+        self._outbox_file: OutboxFile | None = None
 
     async def __aenter__(self) -> Self:
-        c = self.config
         await self._stack.__aenter__()
-        try:
-            for i in range(c.devices):
-                did = self.device_id(i)
-                values: dict[str, object] = {
-                    "device_id": did,
-                    "data_dir": c.data_dir / did,
-                    "mqtt_url": c.mqtt_url,
-                    "outbox_sync": c.outbox_sync,
-                    "session_expiry_s": c.session_expiry_s,
-                    "reconnect_max_s": c.reconnect_max_s,
-                    **c.extra,
-                }
-                cfg = EdgeConfig(**values)  # type: ignore[arg-type]
-                agent = Agent(cfg, clock=self.clock, rng=random.Random(c.seed * 1_000_003 + i))
-                self.agents.append(await self._stack.enter_async_context(agent))
-        except BaseException:
-            await self._stack.__aexit__(None, None, None)
-            raise
+        if self.config.shared_outbox:
+            self.config.data_dir.mkdir(parents=True, exist_ok=True)
+            path = self.config.data_dir / f"outboxes-{self.config.scenario.id_prefix}.sqlite3"
+            self._outbox_file = OutboxFile(path, sync=self.config.outbox_sync)
+            self._stack.callback(self._outbox_file.close)  # runs after every agent has closed
+        self.clock.run_in_background()
+        self._stack.push_async_callback(self.clock.stop)
         return self
 
     async def __aexit__(
@@ -103,31 +98,67 @@ class Fleet:
     ) -> None:
         await self._stack.__aexit__(exc_type, exc, tb)
 
-    async def run(self, duration_s: float, *, drain: bool = True) -> FleetStats:
-        """Run every device for `duration_s` real seconds, end open sessions, then wait (bounded) until
-        every outbox is empty. Returns the final stats."""
+    def _edge_config(self, i: int) -> EdgeConfig:
+        c, did = self.config, self.config.device_id(i)
+        values: dict[str, object] = {
+            "device_id": did,
+            "data_dir": c.data_dir / did,
+            "mqtt_url": c.mqtt_url.replace("{device_id}", did),
+            "outbox_sync": c.outbox_sync,
+            "samples_per_batch": c.scenario.samples_per_batch,
+            "model": self.personas[did].model,
+            "session_expiry_s": c.session_expiry_s,
+            "reconnect_min_s": c.reconnect_min_s,
+            "reconnect_max_s": c.reconnect_max_s,
+            "keepalive_s": c.keepalive_s,
+            "outbox_file": self._outbox_file.path if self._outbox_file else None,
+            **c.extra,
+        }
+        return EdgeConfig(**values)  # type: ignore[arg-type]
+
+    async def connect(self, ramp_per_s: float = 0.0, *, wait_s: float | None = 60.0) -> None:
+        """Start every agent (at `ramp_per_s` per second; 0 = all at once); wait until all are connected."""
         c = self.config
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for n, i in enumerate(c.indices):
+            if ramp_per_s > 0:
+                ahead = t0 + n / ramp_per_s - loop.time()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            agent = Agent(
+                self._edge_config(i),
+                clock=self.clock.agent_view(c.clock_skew_s.get(i, 0.0)),
+                rng=random.Random(c.scenario.seed * 1_000_003 + i),
+            )
+            self.agents.append(await self._stack.enter_async_context(agent))
+        if wait_s is not None:
+            async with asyncio.timeout(wait_s):
+                for agent in self.agents:
+                    await agent.link.connected.wait()
+
+    async def live(
+        self, days: float | None = None, *, tick_s: int | None = None, continuous: bool = False
+    ) -> FleetStats:
+        """Every user lives the scenario's days (virtual time); open sessions end on cancellation."""
+        sc = self.config.scenario
+        tick = tick_s if tick_s is not None else (1 if sc.speed else 60)
         async with asyncio.TaskGroup() as tg:
-            tasks = [
+            for i, agent in zip(self.config.indices, self.agents, strict=True):
+                did = agent.config.device_id
                 tg.create_task(
-                    run_device(
+                    run_user(
                         agent,
-                        assign(i, c.personas),
+                        self.personas[did],
                         self.clock,
-                        random.Random(c.seed * 7_919 + i),
+                        random.Random(f"{sc.seed}:user:{i}"),
                         self.counters,
-                        first_session_within_s=c.first_session_within_s,
+                        days=sc.days if days is None else days,
+                        tick_s=tick,
+                        continuous=continuous,
                     ),
-                    name=f"device:{agent.config.device_id}",
+                    name=f"user:{did}",
                 )
-                for i, agent in enumerate(self.agents)
-            ]
-            await asyncio.sleep(duration_s)
-            for t in tasks:
-                t.cancel()
-        if drain:
-            async with asyncio.timeout(c.drain_timeout_s):
-                await self.drained()
         return self.stats()
 
     async def drained(self) -> None:
@@ -138,13 +169,19 @@ class Fleet:
     def stats(self) -> FleetStats:
         per = [a.stats() for a in self.agents]
         return FleetStats(
-            devices=len(self.agents),
+            devices=len(self.config.indices),
+            started=len(self.agents),
             connected=sum(s.connected for s in per),
             sessions_started=self.counters.sessions_started,
             sessions_ended=self.counters.sessions_ended,
+            samples=self.counters.samples,
             stored=sum(s.stored for s in per),
             published=sum(s.published for s in per),
             outbox_depth=sum(s.outbox_depth for s in per),
             outbox_dropped=sum(s.outbox_dropped for s in per),
-            sim_elapsed_s=self.clock.monotonic(),
+            sim_time_s=self.clock.monotonic(),
         )
+
+    def next_seqs(self) -> dict[str, int]:
+        """Per device, the next sequence number: every seq below it was given to a message."""
+        return {a.config.device_id: a.outbox.next_seq for a in self.agents}

@@ -1,6 +1,7 @@
 """A seeded simulated sensor: what the device would measure for a given persona.
 
-- current follows the level (edge.sensor.level_setpoint_ua: 1..5 -> 80..400 µA) with ±2 % noise;
+- current follows the level (edge.sensor.level_setpoint_ua: 1..5 -> 80..400 µA, times the persona's
+  `ua_scale`: pro devices) with ±2 % noise;
 - impedance on contact drifts around a per-session base drawn from the persona (good gel 3-10 kΩ,
   dry 40-150 kΩ), with occasional spikes (x4 for one second);
 - voltage = I * R, capped at the compliance voltage; when capped, the current falls to V / R
@@ -55,7 +56,7 @@ class SimulatedSensor:
             return Reading(now, 0.0, COMPLIANCE_V, OPEN_CIRCUIT_OHM, False, zone)
         self._base *= rng.uniform(0.98, 1.02)
         impedance = self._base * (SPIKE_FACTOR if rng.random() < p.spike_per_s else 1.0)
-        current = level_setpoint_ua(level) * rng.uniform(0.98, 1.02)
+        current = level_setpoint_ua(level) * p.ua_scale * rng.uniform(0.98, 1.02)
         voltage = current * 1e-6 * impedance
         if voltage > COMPLIANCE_V:
             voltage = COMPLIANCE_V

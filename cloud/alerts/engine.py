@@ -22,7 +22,7 @@ from cloud.alerts.decision import Action, AlertDecision
 from cloud.alerts.history import evaluate_history
 from cloud.alerts.inputs import DeviceHistory, DeviceProfile, SessionRecord
 from cloud.alerts.insession import SessionState, evaluate_in_session
-from cloud.alerts.params import MODEL_OVERRIDES, ProtocolProfile, RuleParams, resolve_rule_params
+from cloud.alerts.params import MODEL_OVERRIDES, RuleParams, profile_for_model, resolve_rule_params
 from cloud.alerts.store import Applied, Conn, LiveSession, OpenMap
 from contract.codec import decode_uplink
 from contract.errors import ContractError, TopicError
@@ -42,7 +42,7 @@ HISTORY_EVENTS = (EventType.LEVEL_CHANGE, EventType.DISCOMFORT, EventType.BOOST)
 
 @lru_cache(maxsize=64)
 def params_for(model: str) -> RuleParams:
-    return resolve_rule_params(ProtocolProfile(), MODEL_OVERRIDES.get(model))
+    return resolve_rule_params(profile_for_model(model), MODEL_OVERRIDES.get(model))
 
 
 @dataclass

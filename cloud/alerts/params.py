@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from contract.messages import Zone
+from contract.protocol import MODEL_LIMITS, ModelLimits
 
 
 class ParamsError(ValueError):
@@ -222,25 +223,29 @@ class RuleParams(msgspec.Struct, frozen=True, kw_only=True):
 Overrides = Mapping[str, Mapping[str, Any]]
 SECTIONS = ("hw", *(r.value.lower() for r in RuleId))
 
-# Per model class (DOMAIN.md sections 1.1, 1.4 and 6 T6/T7); a deployment keys these by its model names.
-MODEL_OVERRIDES: dict[str, Overrides] = {
-    "home-standard": {
-        "hw": {"max_ua": 400.0, "level1_ua": 80.0, "electrode_area_cm2": 1.0, "auto_off_s": 1200.0}
-    },
-    "home-ele": {
-        "hw": {"max_ua": 192.0, "level1_ua": 53.0, "electrode_area_cm2": 0.3, "auto_off_s": 1200.0},
-        "o7": {"restricted_zones": []},
-    },
-    "pro-probe": {
-        "hw": {
-            "max_level": 12,
-            "max_ua": 600.0,
-            "level1_ua": 10.0,
-            "electrode_area_cm2": 0.1,
-            "auto_off_s": None,
-        }
-    },
-}
+def _hw_of(m: ModelLimits) -> Overrides:
+    hw: dict[str, Any] = {
+        "max_level": m.max_level,
+        "level1_ua": m.level1_ua,
+        "max_ua": m.rated_max_current_ua,
+        "electrode_area_cm2": m.electrode_area_cm2,
+        # a clinic device has no auto-off to circumvent: O1's critical step needs one
+        "auto_off_s": None if m.professional else float(m.auto_off_s),
+    }
+    overrides: dict[str, Mapping[str, Any]] = {"hw": hw}
+    if Zone.ORBITAL not in m.restricted_zones:
+        overrides["o7"] = {"restricted_zones": sorted(z.value for z in m.restricted_zones)}
+    return overrides
+
+
+# Per device model, from the one catalogue in contract/protocol.py (DOMAIN.md sections 1.1, 1.4, 6 T6/T7).
+MODEL_OVERRIDES: dict[str, Overrides] = {name: _hw_of(m) for name, m in MODEL_LIMITS.items()}
+
+
+def profile_for_model(model: str) -> ProtocolProfile:
+    """Professional models get the professional profile; everything else the at-home one."""
+    limits = MODEL_LIMITS.get(model)
+    return ProtocolProfile(setting=Setting.PRO if limits is not None and limits.professional else Setting.HOME)
 
 
 def defaults_for(profile: ProtocolProfile) -> RuleParams:

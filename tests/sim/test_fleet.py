@@ -1,55 +1,115 @@
-"""A small fleet against a real broker: every agent connects, records sessions, everything arrives."""
+"""A fleet against a real broker, and the faults: drops, offline for days, reconnect storm, raw bytes."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+import random
+from datetime import UTC, datetime
 from pathlib import Path
 
 from contract.codec import decode_uplink
 from contract.messages import SessionEnd, SessionStart, Status
+from simulators.faults import FlakyPath, corrupt, duplicate_and_reorder, publish_raw, reconnect_storm
 from simulators.fleet import Fleet, FleetConfig
+from simulators.scenario import Scenario
 from tests.edge.conftest import ThreadCollector
 from tests.support.services import Mosquitto
 
+FAST = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.3}
 
-async def test_fleet_runs_sessions_and_everything_arrives(tmp_path: Path, broker: Mosquitto) -> None:
+
+def _scenario(devices: int, days: float = 3) -> Scenario:
+    return Scenario(
+        seed=1, devices=devices, days=days, start=datetime(2025, 1, 6, tzinfo=UTC), samples_per_batch=60
+    )
+
+
+async def test_compressed_days_arrive_complete_through_drops_and_an_outage(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
     collector = ThreadCollector(broker.url, "mf/v1/+/up/#")
     try:
-        config = FleetConfig(
-            mqtt_url=broker.url,
-            data_dir=tmp_path,
-            devices=8,
-            speed=600,
-            seed=1,
-            first_session_within_s=60,
-            extra={"reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
-        )
-        async with Fleet(config) as fleet:
-            async with asyncio.timeout(10):
-                for agent in fleet.agents:
-                    await agent.link.connected.wait()
-            assert fleet.stats().connected == 8
-            stats = await fleet.run(3.0)
-            assert stats.sessions_started >= 8 and stats.sessions_ended == stats.sessions_started
-            assert stats.outbox_depth == 0 and stats.outbox_dropped == 0
-            assert stats.published >= stats.stored > 0
-            per_agent = {a.config.device_id: a.stats().stored for a in fleet.agents}
-        now = datetime.now(UTC) + timedelta(hours=1)  # simulated time runs ahead of the wall clock
+        async with FlakyPath("127.0.0.1", broker.port) as path:
+            cfg = FleetConfig(_scenario(6), path.url(), tmp_path, extra=FAST)
+            async with Fleet(cfg) as fleet:
+                await fleet.connect()
+                path.cut()  # a network drop: everyone reconnects
+                async with asyncio.timeout(10):
+                    while fleet.stats().connected < 6 or sum(a.stats().connects for a in fleet.agents) < 12:  # noqa: ASYNC110 - polls counters, deadline above
+                        await asyncio.sleep(0.02)
+                path.block()  # offline for days: the users keep treating
+                async with asyncio.timeout(10):
+                    while fleet.stats().connected:  # noqa: ASYNC110 - polls counters, deadline above
+                        await asyncio.sleep(0.02)
+                await fleet.live()
+                assert fleet.stats().outbox_depth > 0 and fleet.stats().connected == 0
+                path.heal()
+                async with asyncio.timeout(20):
+                    await fleet.drained()
+                next_seq = fleet.next_seqs()
+                stats = fleet.stats()
+        assert path.cuts >= 2 and stats.sessions_started > 6
 
         def complete() -> bool:
-            seqs: dict[str, set[int]] = defaultdict(set)
+            got: dict[str, set[int]] = {}
             for topic, payload in list(collector.raw):
-                m = decode_uplink(topic, payload, now)
-                if not isinstance(m, Status):
-                    seqs[m.device_id].add(m.seq)
-            return {d: len(s) for d, s in seqs.items()} == per_agent
+                m = decode_uplink(topic, payload, datetime.now(UTC))
+                got.setdefault(m.device_id, set()).add(m.seq)
+            return all(set(range(n)) <= got.get(d, set()) for d, n in next_seq.items())
 
         await collector.wait_for(complete, 10)
-        messages = [decode_uplink(t, p, now) for t, p in collector.raw]
-        starts = {m.session_id for m in messages if isinstance(m, SessionStart)}
-        ends = {m.session_id for m in messages if isinstance(m, SessionEnd)}
-        assert starts == ends and len(starts) == stats.sessions_started
+        msgs = [decode_uplink(t, p, datetime.now(UTC)) for t, p in collector.raw]
+        starts = {m.session_id for m in msgs if isinstance(m, SessionStart)}
+        assert starts == {m.session_id for m in msgs if isinstance(m, SessionEnd)}
+    finally:
+        collector.close()
+
+
+async def test_reconnect_storm_every_device_comes_back(tmp_path: Path, broker: Mosquitto) -> None:
+    cfg = FleetConfig(_scenario(30), broker.url, tmp_path, extra=FAST)
+    async with Fleet(cfg) as fleet:
+        await fleet.connect()
+        before = sum(a.stats().connects for a in fleet.agents)
+        await reconnect_storm(broker, 0.3, kill=True)
+        async with asyncio.timeout(20):
+            while sum(a.stats().connects for a in fleet.agents) < before + 30 or fleet.stats().connected < 30:  # noqa: ASYNC110 - polls counters, deadline above
+                await asyncio.sleep(0.05)
+
+
+async def test_clock_skew_shifts_the_device_time(tmp_path: Path, broker: Mosquitto) -> None:
+    collector = ThreadCollector(broker.url, "mf/v1/+/up/status")
+    try:
+        cfg = FleetConfig(_scenario(2), broker.url, tmp_path, clock_skew_s={1: 7200.0}, extra=FAST)
+        async with Fleet(cfg) as fleet:
+            await fleet.connect()
+
+            def both() -> bool:
+                return len({t for t, _ in collector.raw}) == 2
+
+            await collector.wait_for(both, 10)
+        births = {
+            m.device_id: m.ts
+            for m in (decode_uplink(t, p, datetime.now(UTC)) for t, p in collector.raw)
+            if isinstance(m, Status)
+        }
+        assert 7100 < (births["sim-00001"] - births["sim-00000"]).total_seconds() < 7300
+    finally:
+        collector.close()
+
+
+async def test_raw_duplicates_reordered_and_corrupt_payloads_reach_the_broker(broker: Mosquitto) -> None:
+    collector = ThreadCollector(broker.url, "mf/v1/raw-1/up/#")
+    try:
+        rng = random.Random(2)
+        good = [("mf/v1/raw-1/up/event", f'{{"n":{i}}}'.encode()) for i in range(10)]
+        sent = duplicate_and_reorder(good, rng, duplicates=0.5)
+        bad = [
+            (t, corrupt(p, rng, how))
+            for (t, p), how in zip(good, ("truncate", "flip", "not_json", "wrong_schema"), strict=False)
+        ]
+        assert all(b != p for (_, b), (_, p) in zip(bad, good, strict=False))
+        n = await publish_raw(broker.url, sent + bad)
+        assert n == len(sent) + 4 and len(sent) > 10 and sent != good
+        await collector.wait_for(lambda: len(collector.raw) == n, 10)
     finally:
         collector.close()

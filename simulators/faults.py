@@ -1,0 +1,183 @@
+"""Faults on purpose, with real mechanisms (no mocks):
+
+- `FlakyPath`: an asyncio TCP proxy in front of the broker for the devices under fault (their MQTT URL
+  points at it). `cut()` drops every open connection (a network drop), `flap(n, every_s)` drops it n
+  times, `block()` ... `heal()` keeps the device offline (for days of simulated time: its outbox fills,
+  then drains on heal);
+- `reconnect_storm(broker, ...)`: stop the broker and start it again: every device reconnects at once;
+- clock skew: `FleetConfig.clock_skew_s` (the agent's clock runs ahead or behind by an offset);
+- `corrupt(payload, rng)`: a payload the cloud must quarantine (truncated, bit-flipped, not JSON,
+  wrong schema); `publish_raw(url, messages)`: raw bytes on the wire, for corrupt payloads and for
+  duplicated and reordered deliveries (`duplicate_and_reorder`);
+- `power_loss_mid_ota`: the hook the OTA work (issue 4) fills: kill the agent mid-download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+import aiomqtt
+
+from contract.mqtturl import parse_mqtt_url
+
+
+class FlakyPath:
+    """A TCP proxy 127.0.0.1:<port> -> broker. Owns its server and its piping tasks (`async with`)."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self.blocked = False
+        self.cuts = 0
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> FlakyPath:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+        self.cut()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.blocked:
+            writer.close()
+            return
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._conns |= {writer, up_w}
+        for src, dst in ((reader, up_w), (up_r, writer)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._conns.discard(dst)
+            dst.close()
+
+    def cut(self) -> None:
+        """Drop every open connection now (the device sees a network drop and reconnects)."""
+        self.cuts += 1
+        for w in list(self._conns):
+            w.transport.abort()
+        self._conns.clear()
+
+    def block(self) -> None:
+        """Offline: cut and refuse new connections until `heal()`."""
+        self.blocked = True
+        self.cut()
+
+    def heal(self) -> None:
+        self.blocked = False
+
+    async def flap(self, times: int, every_s: float) -> None:
+        for _ in range(times):
+            self.cut()
+            await asyncio.sleep(every_s)
+
+
+class Restartable(Protocol):
+    def stop(self, kill: bool = False) -> None: ...
+    def start(self) -> None: ...
+
+
+async def reconnect_storm(broker: Restartable, down_s: float = 0.5, *, kill: bool = False) -> None:
+    """Stop the broker (killed: no clean disconnects), wait, start it again: every device reconnects at once."""
+    await asyncio.to_thread(broker.stop, kill)
+    await asyncio.sleep(down_s)
+    await asyncio.to_thread(broker.start)
+
+
+CORRUPTIONS = ("truncate", "flip", "not_json", "wrong_schema")
+
+
+def corrupt(payload: bytes, rng: random.Random, how: str | None = None) -> bytes:
+    """A corrupted copy of a valid uplink payload that the cloud must quarantine (never store)."""
+    how = how or rng.choice(CORRUPTIONS)
+    if how == "truncate":
+        return payload[: max(1, len(payload) // 2)]
+    if how == "flip":
+        b = bytearray(payload)
+        b[0] ^= 0xFF  # the first byte of a JSON object: '{' becomes invalid UTF-8
+        return bytes(b)
+    if how == "not_json":
+        return b"\x00\xffnot json at all"
+    if how == "wrong_schema":
+        return b'{"kind":"samples","schema_version":1,"device_id":"x","seq":-1}'
+    raise ValueError(f"unknown corruption {how!r}: choose from {CORRUPTIONS}")
+
+
+def duplicate_and_reorder(
+    messages: Sequence[tuple[str, bytes]], rng: random.Random, duplicates: float = 0.5
+) -> list[tuple[str, bytes]]:
+    """Every message once, a share of them twice, all in a shuffled order (what a flaky path delivers)."""
+    out = list(messages) + [m for m in messages if rng.random() < duplicates]
+    rng.shuffle(out)
+    return out
+
+
+async def publish_raw(url: str, messages: Iterable[tuple[str, bytes]], *, client_id: str = "") -> int:
+    """Publish raw bytes at QoS 1 as they are (no encoding, no checks). Returns how many were acked."""
+    addr = parse_mqtt_url(url)
+    n = 0
+    async with aiomqtt.Client(
+        addr.host,
+        addr.port,
+        username=addr.username,
+        password=addr.password,
+        identifier=client_id or f"faults-{random.getrandbits(32):08x}",
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as client:
+        for topic, payload in messages:
+            await client.publish(topic, payload, qos=1)
+            n += 1
+    return n
+
+
+async def power_loss_mid_ota(agent: object, *, at_fraction: float = 0.5) -> None:
+    """HOOK for issue 4 (OTA): cut the power of `agent` when its download reaches `at_fraction`: cancel
+    the agent's tasks without a clean shutdown (no offline status, no outbox close), then start a new
+    Agent on the same data dir and check that the A/B slot it boots is the old, valid one.
+
+    The OTA client (edge/ota/) does not exist yet, so there is no download progress to wait on."""
+    raise NotImplementedError(
+        "power loss mid-OTA needs the OTA client's download progress (edge/ota, issue 4): fill this hook"
+    )
+
+
+def flap_schedule(rng: random.Random, days: float, per_day: float) -> list[float]:
+    """Virtual times (s) of link drops for a connectivity-challenged device: a Poisson process."""
+    out: list[float] = []
+    t = 0.0
+    end = days * 86_400
+    while per_day > 0:
+        t += rng.expovariate(per_day / 86_400)
+        if t >= end:
+            break
+        out.append(t)
+    return out
