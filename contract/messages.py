@@ -171,7 +171,37 @@ class Status(_Uplink, frozen=True, tag=Uplink.STATUS.value, omit_defaults=True):
     battery_pct: float | None = None
 
 
-UplinkMessage = SessionStart | SampleBatch | SessionEnd | DeviceEvent | Status
+class OtaState(StrEnum):
+    """Where a firmware job stands on the device. Terminal: succeeded, failed, rolled_back, cancelled."""
+
+    QUEUED = "queued"
+    DEFERRED = "deferred"  # waiting for the session to end or the battery to charge (reason says which)
+    DOWNLOADING = "downloading"  # progress = share of bytes on the device
+    VERIFYING = "verifying"
+    INSTALLING = "installing"
+    REBOOTING = "rebooting"
+    HEALTH_CHECK = "health_check"
+    SUCCEEDED = "succeeded"  # only after the reboot into the new firmware and a passed health check
+    FAILED = "failed"  # reason says why; retryable says whether trying again can help
+    ROLLED_BACK = "rolled_back"
+    CANCELLED = "cancelled"
+
+
+class OtaReport(_Uplink, frozen=True, tag=Uplink.OTA.value, omit_defaults=True):
+    """A firmware job's progress on `mf/v1/<id>/up/ota` (QoS 1), one message per state change.
+    `fw_version` is the firmware the device runs when it sends the report (the truth after a rollback)."""
+
+    job_id: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    state: OtaState
+    rollout_id: Annotated[int, msgspec.Meta(ge=0)] = 0
+    fw_version: Text = ""
+    target_version: Text = ""
+    progress: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
+    reason: Text = ""
+    retryable: bool = False
+
+
+UplinkMessage = SessionStart | SampleBatch | SessionEnd | DeviceEvent | Status | OtaReport
 
 KIND_OF: dict[type[_Uplink], Uplink] = {
     SessionStart: Uplink.SESSION_START,
@@ -179,6 +209,7 @@ KIND_OF: dict[type[_Uplink], Uplink] = {
     SessionEnd: Uplink.SESSION_END,
     DeviceEvent: Uplink.EVENT,
     Status: Uplink.STATUS,
+    OtaReport: Uplink.OTA,
 }
 
 

@@ -28,6 +28,7 @@ class Uplink(StrEnum):
     SESSION_END = "session_end"
     EVENT = "event"
     STATUS = "status"
+    OTA = "ota"  # firmware update progress: OtaReport (contract/ota.py)
 
 
 class Downlink(StrEnum):

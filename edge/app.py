@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Self
 
@@ -27,7 +28,12 @@ from edge.clock import Clock, SystemClock
 from edge.config import EdgeConfig
 from edge.link import DownlinkHandler, Link, LinkState
 from edge.notices import Display, NoticeBoard
+from edge.ota.client import Boot, HealthCheck, OtaClient, load_trust, prepare_boot
+from edge.ota.planner import OtaSettings
 from edge.outbox import Outbox
+from edge.protocols import ProtocolRuntime
+from edge.protocols import load_trust as load_protocol_trust
+from edge.safety import OutputStage
 from edge.sensor import Reading
 from edge.session import SessionRecorder, number
 
@@ -53,6 +59,7 @@ class Agent:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         display: Display | None = None,
+        output: OutputStage | None = None,
     ) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
@@ -75,11 +82,23 @@ class Agent:
         self._handlers: dict[str, DownlinkHandler] = {}
         self._display = display
         self._board: NoticeBoard | None = None
+        self._output = output  # the output stage the protocol caps limit (edge/safety.py)
+        self._protocols: ProtocolRuntime | None = None
+        # firmware updates (edge/ota): the owner restarts the agent when `restart_requested` is set
+        self.ota_settings = OtaSettings()
+        self.battery: Callable[[], float | None] = lambda: None
+        self.health_check: HealthCheck | None = None
+        self.restart_requested = asyncio.Event()
+        self._ota: OtaClient | None = None
+        self._ota_task: asyncio.Task[None] | None = None
 
     # -- lifetime ------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         cfg = self.config
+        boot = prepare_boot(cfg.data_dir, cfg.fw_version, self.ota_settings)  # the running slot decides
+        cfg = self.config = replace(cfg, fw_version=boot.running_version)
+        self._recorder.fw_version = cfg.fw_version
         self._outbox = Outbox(
             cfg.outbox_path,
             cfg.device_id,
@@ -87,18 +106,24 @@ class Agent:
             max_bytes=cfg.outbox_max_bytes,
             sync=cfg.outbox_sync,
         )
-        self._link = Link(cfg, self._outbox, self.clock, rng=self._rng, on_acked=self._check_empty)
+        self._link = Link(
+            cfg, self._outbox, self.clock, rng=self._rng, on_acked=self._check_empty, reported=self._reported
+        )
+        self._start_protocols(self._link)
         self._board = NoticeBoard(
             cfg.device_id, self.clock, lambda e: self._store([e]), cfg.data_dir / "gate.json", self._display
         )
         self._handlers.setdefault(Downlink.NOTICE.value, self._board.on_notice)
         self._handlers.setdefault(Downlink.GATE.value, self._board.on_gate)
+        self._ota = self._ota_client(boot)
+        self._handlers[Downlink.OTA.value] = self._ota.on_downlink
         for kind, handler in self._handlers.items():
             self._link.on_downlink(kind, handler)
         self._check_empty()
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
         self._link_task = self._tg.create_task(self._link.run(), name=f"link:{cfg.device_id}")
+        self._ota_task = self._tg.create_task(self._ota.run(), name=f"ota:{cfg.device_id}")
         return self
 
     async def __aexit__(
@@ -109,12 +134,15 @@ class Agent:
                 await self._link.close()
             if self._link_task is not None:
                 self._link_task.cancel()
+            if self._ota_task is not None:
+                self._ota_task.cancel()
             if self._tg is not None:
                 await self._tg.__aexit__(None, None, None)
         finally:
             if self._outbox is not None:
                 self._outbox.close()
             self._outbox = self._link = self._tg = self._link_task = None
+            self._ota = self._ota_task = None
 
     @property
     def outbox(self) -> Outbox:
@@ -128,6 +156,33 @@ class Agent:
         if self._board is None:
             raise RuntimeError("the agent is not running: use `async with Agent(config) as agent`")
         return self._board
+
+    def _ota_client(self, boot: Boot) -> OtaClient:
+        cfg = self.config
+        assert self._link is not None
+        return OtaClient(
+            device_id=cfg.device_id,
+            data_dir=cfg.data_dir,
+            model=cfg.model,
+            hw_rev=cfg.hw_rev,
+            boot=boot,
+            trust=load_trust(cfg.trusted_keys_file),
+            clock=self.clock,
+            emit=lambda report: self._store([report]),
+            connected=self._link.connected,
+            request_restart=self.restart_requested.set,
+            session_running=lambda: self.session_id is not None,
+            battery=lambda: self.battery(),
+            health_check=self.health_check,
+            settings=self.ota_settings,
+            rng=self._rng,
+        )
+
+    @property
+    def ota(self) -> OtaClient:
+        if self._ota is None:
+            raise RuntimeError("the agent is not running: use `async with Agent(config) as agent`")
+        return self._ota
 
     @property
     def link(self) -> Link:
@@ -155,6 +210,7 @@ class Agent:
         self, level: int, *, session_id: str | None = None, protocol_id: str = "", protocol_version: int = 0
     ) -> str:
         self.notices.check_may_start()  # raises SessionRefused under a blocking safety gate
+        protocol_id, protocol_version = self._protocol_gate(protocol_id, protocol_version)
         sid = session_id or f"{self._rng.getrandbits(64):016x}"
         self._store(
             self._recorder.start(
@@ -162,16 +218,62 @@ class Agent:
             )
         )
         self._sessions += 1
+        self.protocols.session_started(sid, self.clock.now())
         return sid
 
     def record(self, reading: Reading) -> None:
+        if self._recorder.session_id is None and self.protocols.stopped_for_safety:
+            return  # the session was ended at a safety limit: the output is off
         self._store(self._recorder.record(reading))
+        self._enforce(reading)
 
     def change_level(self, level: int) -> None:
         self._store(self._recorder.change_level(self.clock.now(), level))
 
     def end_session(self, reason: EndReason) -> None:
+        if self._recorder.session_id is None and self.protocols.stopped_for_safety:
+            return  # already ended at a safety limit
         self._store(self._recorder.end(self.clock.now(), reason))
+        self.protocols.session_ended()  # applies a protocol staged during the session
+
+    # -- treatment protocol (edge/protocols.py, edge/safety.py) --------------------------------------
+
+    @property
+    def protocols(self) -> ProtocolRuntime:
+        """The active treatment protocol, its enforcement and the user's local-day usage."""
+        if self._protocols is None:
+            raise RuntimeError("the agent is not running: use `async with Agent(config) as agent`")
+        return self._protocols
+
+    def _start_protocols(self, link: Link) -> None:
+        cfg = self.config
+        self._protocols = ProtocolRuntime(
+            cfg.device_id,
+            cfg.model,
+            self.clock,
+            lambda e: self._store([e]),
+            load_protocol_trust(cfg.trusted_keys_file),
+            cfg.data_dir,
+            tz_offset_min=cfg.tz_offset_min,
+            output=self._output,
+            on_applied=link.rebirth,
+        )
+        self._handlers.setdefault(Downlink.PROTOCOL.value, self._protocols.on_protocol)
+
+    def _reported(self) -> tuple[str, int]:
+        """(protocol_id, protocol_version) for the birth and will Status."""
+        return self._protocols.reported() if self._protocols is not None else ("", 0)
+
+    def _protocol_gate(self, protocol_id: str, protocol_version: int) -> tuple[str, int]:
+        """Refuse a session beyond the protocol's daily limits; the protocol the session runs under."""
+        self.protocols.check_may_start()
+        return (protocol_id, protocol_version) if protocol_id else self.protocols.reported()
+
+    def _enforce(self, reading: Reading) -> None:
+        """Clamp the output to the zone cap; end the session at the protocol's limits."""
+        level = self._recorder.level or 1
+        if self.protocols.observe(reading.zone, level, reading.contact, reading.t):
+            self.end_session(EndReason.SAFETY_LIMIT)
 
     def _store(self, messages: list[UplinkMessage]) -> None:
         outbox = self.outbox

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -66,6 +67,47 @@ async def _run(
         except TimeoutError:
             pass
         return agent.outbox.depth
+
+
+@app.command("serve")
+def serve(
+    device_id: Annotated[str | None, typer.Option(envvar="MICROFLEET_DEVICE_ID")] = None,
+    mqtt_url: Annotated[str | None, typer.Option()] = None,
+    data_dir: Annotated[Path | None, typer.Option()] = None,
+) -> None:
+    """Run the agent until SIGTERM/SIGINT: connected, applying protocols and firmware updates.
+
+    A firmware install ends in a "reboot": the agent leaves and comes back up from its boot record (the
+    A/B slot to try, or the one to roll back to), exactly as a device restarting would."""
+    try:
+        config = EdgeConfig.from_env(device_id=device_id, mqtt_url=mqtt_url, data_dir=data_dir)
+    except (ConfigError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    restarts = asyncio.run(_serve(config))
+    typer.echo(json.dumps({"device_id": config.device_id, "restarts": restarts}))
+
+
+async def _serve(config: EdgeConfig) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    restarts = 0
+    while not stop.is_set():
+        async with Agent(config) as agent:
+            waiters = {
+                asyncio.create_task(stop.wait(), name="serve-stop"),
+                asyncio.create_task(agent.restart_requested.wait(), name="serve-restart"),
+            }
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in waiters:
+                    task.cancel()
+                await asyncio.gather(*waiters, return_exceptions=True)
+        if not stop.is_set():
+            restarts += 1
+    return restarts
 
 
 @app.command("outbox")

@@ -63,6 +63,9 @@ class EdgeConfig:
     # OutboxFile) that this agent shares with the other agents of its process. The file must be opened
     # with OutboxFile before the agent starts. Cuts about 190 KiB and 3 fds per simulated agent.
     outbox_file: Path | None = None
+    # Treatment protocols (edge/protocols.py): a JSON file of TrustedKey entries (one object or a list),
+    # as printed by `microfleet keys generate`. None: no key is trusted, every protocol is rejected.
+    trusted_keys_file: Path | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -125,4 +128,5 @@ _ENV_FIELDS: tuple[tuple[str, str, type], ...] = (
     ("reconnect_max_s", "MICROFLEET_EDGE_RECONNECT_MAX_S", float),
     ("inflight", "MICROFLEET_EDGE_INFLIGHT", int),
     ("session_expiry_s", "MICROFLEET_EDGE_SESSION_EXPIRY_S", int),
+    ("trusted_keys_file", "MICROFLEET_EDGE_TRUSTED_KEYS", Path),
 )

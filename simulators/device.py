@@ -14,6 +14,7 @@ from datetime import timedelta
 
 from contract.messages import EndReason
 from edge.app import Agent
+from edge.notices import SessionRefused
 from simulators.persona import Persona, SessionPlan, plan_day, plan_session
 from simulators.sensor import SimulatedSensor
 from simulators.simclock import SimClock
@@ -27,6 +28,7 @@ class SimCounters:
 
     sessions_started: int = 0
     sessions_ended: int = 0
+    sessions_refused: int = 0  # the agent said no: a daily limit of its protocol, or the safety gate
     samples: int = 0
 
 
@@ -76,7 +78,11 @@ async def _session(
     sensor.begin_session()
     t0 = clock.monotonic()
     start = agent.clock.now()  # the agent's own clock: skewed for the clock-skew fault
-    agent.start_session(plan.level_start)
+    try:
+        agent.start_session(plan.level_start)
+    except SessionRefused:  # the device enforces its protocol: the user is told no, and tries another day
+        c.sessions_refused += 1
+        return
     c.sessions_started += 1
     marks = {cp for cp, _ in plan.changes} | set(range(tick_s, plan.duration_s, tick_s)) | {plan.duration_s}
     changes = list(plan.changes)

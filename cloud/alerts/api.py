@@ -106,19 +106,19 @@ async def _act(conn: Any, alert_id: int, action: Action) -> dict[str, Any]:
         return result
 
 
-@router.post("/{alert_id}/ack", summary="Acknowledge: ops are on it", responses=problems(404, 409))
+@router.post("/{alert_id}/ack", summary="Acknowledge: ops are on it", responses=problems(400, 404, 409))
 async def ack(conn: Conn, who: Operator, alert_id: int, body: ActionIn | None = None) -> dict[str, Any]:
     return await _act(conn, alert_id, Action(Op.ACK, who.name, (body or ActionIn()).reason or "acknowledged"))
 
 
-@router.post("/{alert_id}/resolve", summary="Resolve by hand", responses=problems(404, 409))
+@router.post("/{alert_id}/resolve", summary="Resolve by hand", responses=problems(400, 404, 409))
 async def resolve(conn: Conn, who: Operator, alert_id: int, body: ActionIn | None = None) -> dict[str, Any]:
     return await _act(
         conn, alert_id, Action(Op.RESOLVE, who.name, (body or ActionIn()).reason or "resolved by an operator")
     )
 
 
-@router.post("/{alert_id}/snooze", summary="Snooze until a time", responses=problems(404, 409, 422))
+@router.post("/{alert_id}/snooze", summary="Snooze until a time", responses=problems(400, 404, 409))
 async def snooze(conn: Conn, who: Operator, alert_id: int, body: SnoozeIn) -> dict[str, Any]:
     if body.until.tzinfo is None or body.until <= datetime.now(UTC):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "until must be an aware time in the future")

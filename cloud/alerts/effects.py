@@ -26,30 +26,32 @@ def notice_id(alert_id: int, severity_name: str) -> str:
     return f"alert-{alert_id}-{severity_name}"
 
 
-def enqueue_notice(
-    conn: Conn, cfg: AlertConfig, a: Applied, profile: ProfileRow | None, now: datetime
-) -> bool:
+NOTICE_INSERT = (
+    "insert into notice_outbox (notice_id, alert_id, device_id, severity, rule_id, text, created_at, "
+    "release_at, expires_at) values (%s, %s, %s, %s::alert_severity, %s, %s, %s, %s, %s) "
+    "on conflict (notice_id) do nothing"
+)
+
+
+def notice_row(
+    cfg: AlertConfig, a: Applied, profile: ProfileRow | None, now: datetime
+) -> tuple[str, int, str, str, str, str, datetime, datetime, datetime]:
+    """The notice_outbox row of an applied decision (held until quiet hours end unless critical)."""
     d = a.decision
     tz = user_tz(profile.tz_name if profile else None, profile.profile.tz_offset_min if profile else 0)
     release = release_at(now, d.severity, tz, cfg.quiet_start, cfg.quiet_end)
     sev = SEVERITY_NAME[d.severity]
-    cur = conn.execute(
-        "insert into notice_outbox (notice_id, alert_id, device_id, severity, rule_id, text, created_at, "
-        "release_at, expires_at) values (%s, %s, %s, %s::alert_severity, %s, %s, %s, %s, %s) "
-        "on conflict (notice_id) do nothing",
-        (
-            notice_id(a.alert_id, sev),
-            a.alert_id,
-            d.device_id,
-            sev,
-            d.rule_id.value,
-            d.notice_text,
-            now,
-            release,
-            release + timedelta(seconds=cfg.notice_ttl_s),
-        ),
+    return (
+        notice_id(a.alert_id, sev),
+        a.alert_id,
+        d.device_id,
+        sev,
+        d.rule_id.value,
+        d.notice_text,
+        now,
+        release,
+        release + timedelta(seconds=cfg.notice_ttl_s),
     )
-    return cur.rowcount == 1
 
 
 def webhook_event(a: Applied) -> str | None:
@@ -102,10 +104,12 @@ def route(
     now: datetime,
     episode_time: dict[int, datetime] | None = None,
 ) -> int:
-    """Notices and webhooks for applied decisions; returns the number of notices queued. New alerts are
-    announced on the `mf_alerts` channel (NOTIFY is delivered at COMMIT: listeners learn of committed
-    alerts only; the payload is a JSON list of [id, device_id, rule_id])."""
-    notices = 0
+    """Notices and webhooks for applied decisions; returns the number of notices offered to the outbox
+    (a notice id already there is skipped by the insert). New alerts are announced on the `mf_alerts`
+    channel (NOTIFY is delivered at COMMIT: listeners learn of committed alerts only; the payload is a
+    JSON list of [id, device_id, rule_id]). Nothing here reads a result, so in a pipeline every statement
+    goes out with the COMMIT."""
+    notices: list[tuple[Any, ...]] = []
     applied = list(applied)
     opened = [[a.alert_id, a.decision.device_id, a.decision.rule_id.value] for a in applied if a.opened]
     for i in range(0, len(opened), NOTIFY_CHUNK):
@@ -121,5 +125,8 @@ def route(
         at = (episode_time or {}).get(a.alert_id, now)
         if (now - at).total_seconds() > cfg.notice_max_age_s:
             continue  # a late upload of an old episode: ops see it, the user is not told about the past
-        notices += enqueue_notice(conn, cfg, a, profiles.get(a.decision.device_id), now)
-    return notices
+        notices.append(notice_row(cfg, a, profiles.get(a.decision.device_id), now))
+    if notices:
+        with conn.cursor() as cur:
+            cur.executemany(NOTICE_INSERT, notices)
+    return len(notices)

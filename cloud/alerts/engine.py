@@ -1,9 +1,11 @@
 """One batch of uplinks in, one transaction out: evaluate the rules, persist state and decisions.
 
-`Engine.process(conn, items, now)` decodes the batch, locks its devices (store.lock_devices), loads
-their open alerts, profiles, live session states and (for ended sessions) history, folds every message
-through the pure rules in arrival order, and writes state, history, alerts, audit rows and outboxes in
-ONE transaction. The caller acks the MQTT messages only after it commits: a crash before the commit
+`Engine.process(conn, items, now)` decodes the batch, locks its devices and loads their open alerts,
+profiles, live session states and (for ended sessions) history in one pipelined round trip
+(bulk.load), folds every message through the pure rules in arrival order (no I/O while folding), and
+writes state, history, alerts, audit rows and outboxes set-based (bulk.write) in ONE transaction whose
+COMMIT leaves in the same pipeline. If the database refuses a row, the batch is redone with one
+savepoint per device, so one device's bad data never blocks the others. The caller acks the MQTT messages only after it commits: a crash before the commit
 redelivers the batch to a state that does not contain it yet (no loss); after it, the state already has
 it (the rules dedup open episodes, the upsert merges into the open alert: no duplicate).
 """
@@ -16,7 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 
-from cloud.alerts import effects, store
+import psycopg
+
+from cloud.alerts import bulk
 from cloud.alerts.config import AlertConfig
 from cloud.alerts.decision import Action, AlertDecision
 from cloud.alerts.history import evaluate_history
@@ -86,81 +90,98 @@ class Engine:
         by_device = self.decode(items, now, result)
         if not by_device:
             return result
-        with conn.transaction():
-            firsts = {d: min(first_time(m) for m in ms) for d, ms in by_device.items()}
-            first_seen = store.lock_devices(conn, firsts)
-            opened = store.open_alerts(conn, by_device)
-            profiles = store.profiles(conn, by_device)
-            keys = [
-                (m.device_id, m.session_id)
-                for ms in by_device.values()
-                for m in ms
-                if isinstance(m, SessionStart | SampleBatch | SessionEnd)
-                or (isinstance(m, DeviceEvent) and m.session_id is not None)
-            ]
-            live = store.session_states(conn, keys)  # type: ignore[arg-type]
-            done_before = store.ended_sessions(conn, [k for k in keys if k not in live])  # type: ignore[misc]
-            ending = [d for d, ms in by_device.items() if any(isinstance(m, SessionEnd) for m in ms)]
-            past = store.history(conn, ending, now - timedelta(days=HISTORY_DAYS)) if ending else {}
-            dirty: dict[tuple[str, str], LiveSession] = {}
-            ended: list[tuple[str, str]] = list(done_before)
-            times: dict[tuple[str, str, str], datetime] = {}
-            for dev in sorted(by_device):
-                row = profiles.get(dev)
-                profile = row.profile if row else DeviceProfile(device_id=dev)
-                ctx = _Device(self, conn, profile, opened.setdefault(dev, {}), live, dirty, ended, times)
-                try:
-                    with conn.transaction():  # a savepoint: one device's failure does not undo the others
-                        for m in by_device[dev]:
-                            ctx.fold(m, first_seen.get(dev, firsts[dev]), past.setdefault(dev, []), now)
-                except Exception:  # a bug in one device's data must not stop the fleet: logged, skipped
-                    log.exception(
-                        "alert evaluation failed for device %s; its %d messages skipped",
-                        dev,
-                        len(by_device[dev]),
-                    )
-                    result.failed_devices += 1
-                    ctx.decisions.clear()
-                    for k in [k for k in dirty if k[0] == dev]:
-                        del dirty[k]
-                    ended[:] = [k for k in ended if k[0] != dev]
-                result.decisions += len(ctx.decisions)
-                for d in ctx.decisions:
-                    a = store.apply_decision(conn, d, ctx.before, now)
-                    if a is not None:
-                        result.applied.append(a)
-            store.save_session_states(conn, {k: v for k, v in dirty.items() if k not in set(ended)}, now)
-            store.drop_session_states(conn, [k for k in ended if k not in done_before])
-            episode_time = {
-                a.alert_id: times.get(
-                    (a.decision.device_id, a.decision.rule_id.value, a.decision.episode_key), now
-                )
-                for a in result.applied
-            }
-            result.notices = effects.route(conn, self.cfg, result.applied, profiles, now, episode_time)
+        try:
+            with conn.pipeline(), conn.transaction():
+                self._batch(conn, by_device, now, result, isolate=False)
+        except psycopg.OperationalError:
+            raise  # the connection or the server: the caller reconnects and retries the batch
+        except psycopg.DatabaseError as exc:  # a row the database refuses: find its device, keep the rest
+            log.warning("batch of %d messages refused (%s); writing it device by device", len(items), exc)
+            result = BatchResult(messages=len(items), rejected=result.rejected)
+            with conn.transaction():
+                self._batch(conn, by_device, now, result, isolate=True)
         return result
+
+    def _batch(
+        self,
+        conn: Conn,
+        by_device: dict[str, list[UplinkMessage]],
+        now: datetime,
+        result: BatchResult,
+        *,
+        isolate: bool,
+    ) -> None:
+        """Read (one round trip), fold every device in Python, write (set-based, or per device savepoint)."""
+        firsts = {d: min(first_time(m) for m in ms) for d, ms in by_device.items()}
+        keys = [
+            (m.device_id, m.session_id)
+            for ms in by_device.values()
+            for m in ms
+            if isinstance(m, SessionStart | SampleBatch | SessionEnd)
+            or (isinstance(m, DeviceEvent) and m.session_id is not None)
+        ]
+        ending = sorted(d for d, ms in by_device.items() if any(isinstance(m, SessionEnd) for m in ms))
+        got = bulk.load(conn, firsts, keys, ending, now - timedelta(days=HISTORY_DAYS))  # type: ignore[arg-type]
+        batch = bulk.Pending()
+        for dev in sorted(by_device):
+            row = got.profiles.get(dev)
+            profile = row.profile if row else DeviceProfile(device_id=dev)
+            ctx = _Device(profile, got.opened.setdefault(dev, {}), got.live, got.done_before)
+            try:
+                for m in by_device[dev]:
+                    ctx.fold(m, got.first_seen.get(dev, firsts[dev]), got.past.setdefault(dev, []), now)
+            except Exception:  # a bug in one device's data must not stop the fleet: logged, skipped
+                log.exception(
+                    "alert evaluation failed for device %s; its %d messages skipped", dev, len(by_device[dev])
+                )
+                result.failed_devices += 1
+                continue
+            pending = ctx.pending()
+            result.decisions += len(pending.decisions)
+            if not isolate:
+                batch.merge(pending)
+                continue
+            try:
+                with conn.transaction():  # a savepoint: this device's refused rows do not undo the others
+                    applied, notices = bulk.write(conn, self.cfg, pending, got.profiles, now)
+            except psycopg.OperationalError:
+                raise
+            except psycopg.DatabaseError:
+                log.exception("alert rows of device %s refused by the database; its messages skipped", dev)
+                result.failed_devices += 1
+                continue
+            result.applied += applied
+            result.notices += notices
+        if not isolate:
+            result.applied, result.notices = bulk.write(conn, self.cfg, batch, got.profiles, now)
 
 
 class _Device:
-    """Folds one device's messages of the batch in order, collecting its decisions."""
+    """Folds one device's messages of the batch in order (pure: no I/O), collecting its writes."""
 
     def __init__(
         self,
-        engine: Engine,
-        conn: Conn,
         profile: DeviceProfile,
         open_map: OpenMap,
         live: dict[tuple[str, str], LiveSession],
-        dirty: dict[tuple[str, str], LiveSession],
-        ended: list[tuple[str, str]],
-        times: dict[tuple[str, str, str], datetime],
+        done_before: set[tuple[str, str]],
     ) -> None:
-        self.engine, self.conn, self.profile = engine, conn, profile
+        self.profile = profile
         self.open = open_map
-        self.before: OpenMap = dict(open_map)
-        self.live, self.dirty, self.ended, self.times = live, dirty, ended, times
+        self.out = bulk.Pending(before={profile.device_id: dict(open_map)})
+        self.live, self.done_before = live, done_before
+        self.ended: list[tuple[str, str]] = []
+        self.dirty: dict[tuple[str, str], LiveSession] = {}
         self.params = params_for(profile.model)
-        self.decisions: list[AlertDecision] = []
+
+    def pending(self) -> bulk.Pending:
+        """The device's writes: its live sessions' state (but not the ones that ended), its drops."""
+        self.out.states = {k: v for k, v in self.dirty.items() if k not in self.ended}
+        self.out.drops = list(self.ended)
+        return self.out
+
+    def _is_ended(self, key: tuple[str, str]) -> bool:
+        return key in self.done_before or key in self.ended
 
     def _session(self, sid: str, started_at: datetime, tz: int | None = None) -> LiveSession:
         key = (self.profile.device_id, sid)
@@ -179,12 +200,12 @@ class _Device:
                 self.open.pop(k, None)
             else:
                 self.open[k] = max(d.severity, self.open.get(k, d.severity))
-            self.times[(d.device_id, d.rule_id.value, d.episode_key)] = at
-        self.decisions += decisions
+            self.out.times[(d.device_id, d.rule_id.value, d.episode_key)] = at
+        self.out.decisions += decisions
 
     def fold(self, m: UplinkMessage, first_seen: datetime, past: list[SessionRecord], now: datetime) -> None:
         sid = getattr(m, "session_id", None)
-        if sid is not None and (m.device_id, sid) in self.ended and not isinstance(m, SessionEnd):
+        if sid is not None and self._is_ended((m.device_id, sid)) and not isinstance(m, SessionEnd):
             if isinstance(m, DeviceEvent) and m.event in (EventType.NOTICE_SHOWN, EventType.NOTICE_ACK):
                 self._event(m)  # level/discomfort events of an ended session arrive too late for T3/T4
             return
@@ -199,7 +220,7 @@ class _Device:
             self._event(m)
         elif isinstance(m, SessionEnd):
             key = (m.device_id, m.session_id)
-            if key in self.ended:
+            if self._is_ended(key):
                 return
             s = self._session(m.session_id, m.started_at)
             s.state, out = evaluate_in_session(m, s.state, self.params, now)
@@ -208,14 +229,14 @@ class _Device:
             hist = DeviceHistory.of(first_seen, (*past, record), self.open)
             past.append(record)
             self._take(evaluate_history(m, hist, self.profile, self.params, now), m.ended_at)
-            store.save_history(self.conn, m.device_id, record)
+            self.out.history[key] = record
             self.ended.append(key)
 
     def _event(self, m: DeviceEvent) -> None:
         if m.event is EventType.NOTICE_SHOWN:
-            store.mark_notice(self.conn, m.detail, "shown_at", m.at)
+            self.out.mark(m.detail, "shown_at", m.at)
         elif m.event is EventType.NOTICE_ACK:
-            store.mark_notice(self.conn, m.detail, "acked_at", m.at)
+            self.out.mark(m.detail, "acked_at", m.at)
         elif m.event in HISTORY_EVENTS and m.session_id is not None:
             s = self._session(m.session_id, m.at)
             if all(e.seq != m.seq for e in s.events):

@@ -223,6 +223,7 @@ class RuleParams(msgspec.Struct, frozen=True, kw_only=True):
 Overrides = Mapping[str, Mapping[str, Any]]
 SECTIONS = ("hw", *(r.value.lower() for r in RuleId))
 
+
 def _hw_of(m: ModelLimits) -> Overrides:
     hw: dict[str, Any] = {
         "max_level": m.max_level,
@@ -245,7 +246,9 @@ MODEL_OVERRIDES: dict[str, Overrides] = {name: _hw_of(m) for name, m in MODEL_LI
 def profile_for_model(model: str) -> ProtocolProfile:
     """Professional models get the professional profile; everything else the at-home one."""
     limits = MODEL_LIMITS.get(model)
-    return ProtocolProfile(setting=Setting.PRO if limits is not None and limits.professional else Setting.HOME)
+    return ProtocolProfile(
+        setting=Setting.PRO if limits is not None and limits.professional else Setting.HOME
+    )
 
 
 def defaults_for(profile: ProtocolProfile) -> RuleParams:

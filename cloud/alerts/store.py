@@ -104,21 +104,6 @@ def profile_of_row(row: tuple[Any, ...]) -> ProfileRow:
     return ProfileRow(prof, tz_name, model or "")
 
 
-def profiles(conn: Conn, device_ids: Iterable[str]) -> dict[str, ProfileRow]:
-    ids = list(device_ids)
-    found = {
-        r[0]: profile_of_row(r)
-        for r in conn.execute(PROFILE_SELECT + " where p.device_id = any(%s)", (ids,)).fetchall()
-    }
-    missing = [d for d in ids if d not in found]
-    if missing:  # not registered (yet): no flags, the model from ingest's devices table if known
-        for dev, model in conn.execute(
-            "select device_id, model from devices where device_id = any(%s)", (missing,)
-        ).fetchall():
-            found[dev] = ProfileRow(DeviceProfile(device_id=dev, model=model or ""), None, model or "")
-    return found
-
-
 @dataclass
 class LiveSession:
     state: SessionState
@@ -126,71 +111,13 @@ class LiveSession:
     events: list[DeviceEvent]
 
 
-def session_states(conn: Conn, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], LiveSession]:
-    ks = sorted(set(keys))
-    if not ks:
-        return {}
-    rows = conn.execute(
-        "select s.device_id, s.session_id, s.tz_offset_min, s.state::text, s.events::text "
-        "from alert_session_state s join unnest(%s::text[], %s::text[]) as k(d, s) "
-        "on s.device_id = k.d and s.session_id = k.s",
-        ([k[0] for k in ks], [k[1] for k in ks]),
-    ).fetchall()
-    return {(d, s): LiveSession(_state.decode(st), tz, _events.decode(ev)) for d, s, tz, st, ev in rows}
+def session_of_row(row: tuple[Any, ...]) -> tuple[tuple[str, str], LiveSession]:
+    d, s, tz, st, ev = row
+    return (d, s), LiveSession(_state.decode(st), tz, _events.decode(ev))
 
 
-def ended_sessions(conn: Conn, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which of these sessions already ended (are in the history): a resent start or batch is ignored."""
-    ks = sorted(set(keys))
-    if not ks:
-        return set()
-    rows = conn.execute(
-        "select h.device_id, h.session_id from alert_history h "
-        "join unnest(%s::text[], %s::text[]) as k(d, s) on h.device_id = k.d and h.session_id = k.s",
-        ([k[0] for k in ks], [k[1] for k in ks]),
-    ).fetchall()
-    return {(d, s) for d, s in rows}
-
-
-def save_session_states(conn: Conn, live: Mapping[tuple[str, str], LiveSession], now: datetime) -> None:
-    if not live:
-        return
-    with conn.cursor() as cur:
-        cur.executemany(
-            "insert into alert_session_state (device_id, session_id, tz_offset_min, state, events, updated_at) "
-            "values (%s, %s, %s, %s::jsonb, %s::jsonb, %s) on conflict (device_id, session_id) do update set "
-            "tz_offset_min = excluded.tz_offset_min, state = excluded.state, events = excluded.events, "
-            "updated_at = excluded.updated_at",
-            [(d, s, v.tz_offset_min, js(v.state), js(v.events), now) for (d, s), v in sorted(live.items())],
-        )
-
-
-def drop_session_states(conn: Conn, keys: Iterable[tuple[str, str]]) -> None:
-    ks = sorted(set(keys))
-    if ks:
-        conn.execute(
-            "delete from alert_session_state s using unnest(%s::text[], %s::text[]) as k(d, s) "
-            "where s.device_id = k.d and s.session_id = k.s",
-            ([k[0] for k in ks], [k[1] for k in ks]),
-        )
-
-
-def history(conn: Conn, device_ids: Iterable[str], since: datetime) -> dict[str, list[SessionRecord]]:
-    out: dict[str, list[SessionRecord]] = {}
-    for dev, rec in conn.execute(
-        "select device_id, record::text from alert_history where device_id = any(%s) and started_at >= %s",
-        (list(device_ids), since),
-    ):
-        out.setdefault(dev, []).append(_record.decode(rec))
-    return out
-
-
-def save_history(conn: Conn, device_id: str, record: SessionRecord) -> None:
-    conn.execute(
-        "insert into alert_history (device_id, session_id, started_at, record) values (%s, %s, %s, %s::jsonb) "
-        "on conflict (device_id, session_id) do update set record = excluded.record",
-        (device_id, record.session_id, record.started_at, js(record)),
-    )
+def decode_record(text: str) -> SessionRecord:
+    return _record.decode(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,10 +189,3 @@ def apply_decision(conn: Conn, d: AlertDecision, before: OpenMap, now: datetime)
     elif escalated:
         conn.execute(AUDIT, (alert_id, state, state, sev, now, "rule", f"severity raised: {d.message}"))
     return Applied(alert_id, d, bool(inserted), escalated, False, None if inserted else state)
-
-
-def mark_notice(conn: Conn, notice_id: str, column: str, at: datetime) -> None:
-    assert column in ("shown_at", "acked_at")
-    conn.execute(
-        f"update notice_outbox set {column} = coalesce({column}, %s) where notice_id = %s", (at, notice_id)
-    )

@@ -22,6 +22,9 @@ from cloud.api.routers import credentials, devices, health, quarantine, sessions
 from cloud.config import CloudConfig
 from cloud.db.migrate import read_files
 from cloud.db.pool import describe
+from cloud.ota import api as ota_api
+from cloud.ota import server as ota_server
+from cloud.protocols import api as protocols_api
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,19 @@ def create_app(
     app.state.metrics = ApiMetrics(min_refresh_s=metrics_refresh_s)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 
-    for module in (health, devices, credentials, sessions, usage, quarantine, tokens, alerts_api):
+    for module in (
+        health,
+        devices,
+        credentials,
+        sessions,
+        usage,
+        quarantine,
+        tokens,
+        alerts_api,
+        protocols_api,
+        ota_api,
+        ota_server,
+    ):
         app.include_router(module.router)
 
     database = describe(config.database_url)

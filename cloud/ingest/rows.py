@@ -15,6 +15,7 @@ import msgspec
 from contract.messages import (
     DeviceEvent,
     DeviceState,
+    OtaReport,
     SampleBatch,
     SessionEnd,
     SessionStart,
@@ -188,3 +189,35 @@ def oldest_time(m: UplinkMessage) -> datetime:
 
 def sha256(payload: bytes) -> bytes:
     return hashlib.sha256(payload).digest()
+
+
+# OTA reports (cloud/ota): one append row per report; `ota_device_jobs` keeps the latest state per job.
+OTA_REPORT_COLUMNS = (
+    "device_id",
+    "seq",
+    "ts",
+    "job_id",
+    "rollout_id",
+    "state",
+    "fw_version",
+    "target_version",
+    "progress",
+    "reason",
+    "retryable",
+)
+
+
+def ota_report_row(m: OtaReport) -> Row:
+    return (
+        m.device_id,
+        m.seq,
+        m.ts,
+        m.job_id,
+        m.rollout_id,
+        m.state.value,
+        m.fw_version,
+        m.target_version,
+        m.progress,
+        m.reason,
+        m.retryable,
+    )

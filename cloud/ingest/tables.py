@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cloud.ingest.rows import DEVICE_COLUMNS, SESSION_COLUMNS, SESSION_KEY, Row
+from cloud.ingest.rows import DEVICE_COLUMNS, OTA_REPORT_COLUMNS, SESSION_COLUMNS, SESSION_KEY, Row
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +97,25 @@ QUARANTINE = Table(
     ("text", "bytea", "bytea", "text", "text", "text"),
     f"INSERT INTO quarantine ({_q_cols}) SELECT {_q_cols} FROM mf_stage_quarantine "
     "ON CONFLICT (topic, payload_sha256) DO NOTHING",
+)
+
+# OTA reports (migration 0500_ota.sql). Not in ALL_TABLES: cloud/ota/service.py writes them from its own
+# shared subscription; OTA_JOB_MERGE then moves each job to the state of its newest report. A cancelled job
+# (by the device, or by force) stays cancelled: later reports are kept in ota_reports but do not change it.
+OTA_REPORTS = _append(
+    "ota_reports",
+    OTA_REPORT_COLUMNS,
+    ("text", "int8", "timestamptz", "text", "int8", "text", "text", "text", "float4", "text", "bool"),
+)
+OTA_JOB_MERGE = (
+    "UPDATE ota_device_jobs AS j SET state = r.state, reason = NULLIF(r.reason, ''), retryable = r.retryable, "
+    "progress = COALESCE(r.progress, j.progress), fw_version = r.fw_version, report_ts = r.ts, "
+    "report_seq = r.seq, updated_at = now() "
+    "FROM (SELECT DISTINCT ON (job_id, device_id) * FROM mf_stage_ota_reports "
+    "ORDER BY job_id, device_id, ts DESC, seq DESC) AS r "
+    "WHERE j.job_id = r.job_id AND j.device_id = r.device_id "
+    "AND j.state <> 'cancelled' "
+    "AND (j.report_ts IS NULL OR (r.ts, r.seq) >= (j.report_ts, j.report_seq))"
 )
 
 APPEND_TABLES = (SAMPLES, EVENTS, UPLINK_LOG)

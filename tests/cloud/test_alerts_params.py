@@ -43,7 +43,9 @@ def test_profiles_and_models() -> None:
     assert pro.t8.enabled and not pro.o2.enabled and pro.hw.auto_off_s is None
     assert defaults_for(ProtocolProfile(phase=Phase.MAINTENANCE)).o5.phase is Phase.MAINTENANCE
     ele = resolve_rule_params(ProtocolProfile(), MODEL_OVERRIDES["mf-home-ele"])
-    assert ele.hw.max_ua == 192.0 and ele.o7.restricted_zones == (Zone.TEMPLE,)  # the eye head may work the orbit
+    assert ele.hw.max_ua == 192.0 and ele.o7.restricted_zones == (
+        Zone.TEMPLE,
+    )  # the eye head may work the orbit
     assert resolve_rule_params(
         ProtocolProfile(), {"O7": {"restricted_zones": ["neck"]}}
     ).o7.restricted_zones == (Zone.NECK,)

@@ -20,6 +20,8 @@ from contract.messages import (
     EndReason,
     EventType,
     Notice,
+    OtaReport,
+    OtaState,
     SafetyGate,
     Sample,
     SampleBatch,
@@ -179,12 +181,26 @@ statuses = st.builds(
     battery_pct=st.none() | in_range((0.0, 100.0)),
 )
 
+ota_reports = st.builds(
+    OtaReport,
+    **_uplink_fields(),
+    job_id=st.text(min_size=1, max_size=100),
+    state=st.sampled_from(OtaState),
+    rollout_id=st.integers(0, INT64_MAX),
+    fw_version=texts,
+    target_version=texts,
+    progress=st.none() | st.floats(0.0, 1.0),
+    reason=texts,
+    retryable=st.booleans(),
+)
+
 STRATEGIES: dict[type[UplinkMessage], st.SearchStrategy[UplinkMessage]] = {
     SessionStart: session_starts,
     SampleBatch: sample_batches,
     SessionEnd: session_ends(),
     DeviceEvent: device_events,
     Status: statuses,
+    OtaReport: ota_reports,
 }
 
 uplink_messages: st.SearchStrategy[UplinkMessage] = st.one_of(*STRATEGIES.values())

@@ -15,7 +15,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
-CONFIG_FILES = (ROOT / "cloud" / "config.py", ROOT / "edge" / "config.py")
+CONFIG_FILES = (
+    ROOT / "cloud" / "config.py",
+    ROOT / "cloud" / "alerts" / "config.py",
+    ROOT / "edge" / "config.py",
+    ROOT / "simulators" / "cli.py",
+)
 
 
 def compose() -> dict[str, Any]:
@@ -38,10 +43,14 @@ def test_compose_config_validates() -> None:
 def test_every_microfleet_variable_exists_in_the_code_configuration() -> None:
     known = set()
     for path in CONFIG_FILES:
-        known |= set(re.findall(r"MICROFLEET_[A-Z0-9_]+", path.read_text()))
+        text = path.read_text()
+        known |= set(re.findall(r"MICROFLEET_[A-Z0-9_]+", text))
+        # names built from a prefix, as in cloud/alerts/config.py: p = "MICROFLEET_ALERT_"; e.get(p + "GROUP")
+        for prefix in re.findall(r'= "(MICROFLEET_[A-Z0-9_]+_)"', text):
+            known |= {prefix + name for name in re.findall(r'p \+ "([A-Z0-9_]+)"', text)}
     used = set(re.findall(r"MICROFLEET_[A-Z0-9_]+", COMPOSE.read_text()))
     assert used, "compose should configure the services through MICROFLEET_* variables"
-    assert used <= known, f"unknown to cloud/config.py and edge/config.py: {sorted(used - known)}"
+    assert used <= known, f"unknown to the code's configuration: {sorted(used - known)}"
 
 
 def test_services_start_in_order_with_health_checks() -> None:
@@ -51,7 +60,9 @@ def test_services_start_in_order_with_health_checks() -> None:
     assert services["migrate"]["restart"] == "no"
     assert services["migrate"]["depends_on"]["timescaledb"]["condition"] == "service_healthy"
     assert services["ingest"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
-    assert services["ingest"]["depends_on"]["broker"]["condition"] == "service_healthy"
+    assert services["broker-setup"]["depends_on"]["broker"]["condition"] == "service_healthy"
+    for name in ("ingest", "alerts", "simulator"):
+        assert services[name]["depends_on"]["broker-setup"]["condition"] == "service_completed_successfully"
     for name, service in services.items():
         assert "container_name" not in service, f"{name}: a fixed container name prevents --scale"
         image = service["image"]
@@ -63,7 +74,8 @@ def test_services_start_in_order_with_health_checks() -> None:
 
 def test_broker_mounts_the_project_configuration() -> None:
     volumes = compose()["services"]["broker"]["volumes"]
-    assert "./deploy/mosquitto/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro" in volumes
+    assert "./deploy/mosquitto:/mosquitto/config:ro" in volumes  # base conf, secure overlay, entrypoint
+    assert compose()["services"]["broker"]["entrypoint"][-1] == "/mosquitto/config/entrypoint.sh"
     conf = (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
     (location,) = re.findall(r"^persistence_location (\S+)", conf, flags=re.M)
     assert any(v.endswith(":" + location.rstrip("/")) for v in volumes), "persistence needs a volume"
@@ -114,10 +126,19 @@ def test_every_compose_command_exists_in_the_cli() -> None:
     root = typer.main.get_command(app)
     assert hasattr(root, "get_command"), "the root command must be a group"
     context_type = type(typer.main.get_command(app).make_context("microfleet", [], resilient_parsing=True))
+    invocations: list[tuple[str, list[str]]] = []
     for name, service in compose()["services"].items():
         if "command" not in service:
             continue
-        words = [w for w in service["command"] if not w.startswith("${")]
+        if service.get("entrypoint", [None])[0] == "/bin/sh":  # a shell line of `microfleet ...` && ...
+            for part in " ".join(service["command"]).split("&&"):
+                words = part.split()
+                assert words[0] == "microfleet", f"{name}: {part!r} is not a microfleet command"
+                invocations.append((name, words[1:]))
+        else:
+            invocations.append((name, list(service["command"])))
+    for name, command_words in invocations:
+        words = [w for w in command_words if not w.startswith("${")]
         command = root
         path = []
         while hasattr(command, "get_command") and words and not words[0].startswith("-"):

@@ -90,6 +90,8 @@ def pglite_server(root: Path = ROOT) -> Iterator[str]:
             if line is None:
                 raise RuntimeError(f"pglite server exited ({proc.wait()}):\n{''.join(output)}")
             output.append(line)
+        # one backend serves every client in turn; scripts/pglite-server.mjs resets its session state
+        # (prepared statements) between clients, as a pooler does
         yield f"postgresql://postgres:postgres@127.0.0.1:{port}/postgres?sslmode=disable"
     finally:
         if proc.stdin is not None:

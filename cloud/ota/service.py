@@ -1,0 +1,257 @@
+"""The OTA service: the one process that talks MQTT for firmware updates.
+
+- consumes device reports from its own shared subscription `$share/ota/mf/v1/+/up/ota` and writes them
+  (ota_reports, plus the latest state per job in ota_device_jobs) one batch per transaction;
+- every `tick_s`, for each running rollout, asks the pure planner (rollout.py) what to do and applies it:
+  publish retained OtaJobs for the next devices (pacing), record the success gate, advance, pause on the
+  error gate, complete; for a cancelling rollout, publish a cancel (retained, same job id) to every device
+  whose job was sent, and mark the rollout cancelled once no job is unfinished.
+
+    async with OtaService(config) as service:   # or: await service.run() until cancelled
+        ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiomqtt
+from psycopg import AsyncConnection
+
+from cloud.ingest.rows import ota_report_row
+from cloud.ingest.tables import OTA_JOB_MERGE, OTA_REPORTS
+from cloud.ota import store
+from cloud.ota.artifacts import release_by_id
+from cloud.ota.rollout import Advance, Complete, Dispatch, GateMet, Pause, decide
+from contract import topics
+from contract.codec import decode_uplink, encode
+from contract.errors import ContractError
+from contract.messages import OtaReport
+from contract.mqtturl import parse_mqtt_url
+from contract.ota import OtaAction, OtaJob
+
+log = logging.getLogger(__name__)
+QUEUE_MAX = 10_000
+BATCH_MAX = 2000
+PUBLISH_WINDOW = 100
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class OtaServiceConfig:
+    database_url: str
+    mqtt_url: str
+    artifact_base_url: str  # e.g. http://fw.example.com/artifacts (the file name is appended)
+    group: str = "ota"
+    tick_s: float = 1.0
+    batch_delay_s: float = 0.05
+
+
+class OtaService:
+    def __init__(self, config: OtaServiceConfig, *, clock: Callable[[], datetime] = utc_now) -> None:
+        self.config = config
+        self.clock = clock
+        self._queue: asyncio.Queue[OtaReport] = asyncio.Queue(QUEUE_MAX)
+        self._client: aiomqtt.Client | None = None
+        self.reports_written = 0
+        self.subscribed = asyncio.Event()
+
+    # -- MQTT ----------------------------------------------------------------------------------------
+    def _new_client(self) -> aiomqtt.Client:
+        addr = parse_mqtt_url(self.config.mqtt_url)
+        return aiomqtt.Client(
+            addr.host,
+            addr.port,
+            username=addr.username,
+            password=addr.password,
+            identifier=f"ota-{uuid.uuid4().hex[:8]}",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            max_queued_incoming_messages=QUEUE_MAX,
+            max_inflight_messages=PUBLISH_WINDOW,
+        )
+
+    async def run(self) -> None:
+        """Serve until cancelled. The connection to the broker and the database are the service's own."""
+        client = self._new_client()
+        client.pending_calls_threshold = PUBLISH_WINDOW + 10  # our window bounds it; no warning spam
+        async with client:
+            self._client = client
+            await client.subscribe(
+                topics.shared(self.config.group, topics.uplink_filter(topics.Uplink.OTA)), qos=1
+            )
+            self.subscribed.set()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._receive(client), name="ota-rx")
+                    tg.create_task(self._write_reports(), name="ota-db")
+                    tg.create_task(self._ticker(), name="ota-tick")
+            finally:
+                self._client = None
+                self.subscribed.clear()
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            try:
+                report = decode_uplink(str(message.topic), payload, self.clock())
+            except ContractError as exc:  # ingest quarantines it too; here it is only skipped
+                log.warning("OTA report refused on %s: %s", message.topic, exc)
+                continue
+            if isinstance(report, OtaReport):
+                await self._queue.put(report)
+
+    async def _write_reports(self) -> None:
+        async with await AsyncConnection.connect(self.config.database_url) as conn:
+            await conn.execute(OTA_REPORTS.create_stage)
+            await conn.commit()
+            while True:
+                batch = [await self._queue.get()]
+                await asyncio.sleep(self.config.batch_delay_s)
+                while len(batch) < BATCH_MAX and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                await self.write(conn, batch)
+
+    async def write(self, conn: AsyncConnection[Any], reports: list[OtaReport]) -> None:
+        async with conn.transaction(), conn.cursor() as cur:
+            async with cur.copy(OTA_REPORTS.copy_into(OTA_REPORTS.stage)) as copy:
+                copy.set_types(list(OTA_REPORTS.types))
+                for r in reports:
+                    await copy.write_row(ota_report_row(r))
+            await cur.execute(OTA_REPORTS.merge)
+            await cur.execute(OTA_JOB_MERGE)
+            await cur.execute(f"DELETE FROM {OTA_REPORTS.stage}")
+        self.reports_written += len(reports)
+
+    async def _ticker(self) -> None:
+        async with await AsyncConnection.connect(self.config.database_url, autocommit=True) as conn:
+            while True:
+                try:
+                    await self.tick(conn)
+                except Exception:  # one bad tick must not stop the service; the next one retries
+                    log.exception("OTA tick failed")
+                await asyncio.sleep(self.config.tick_s)
+
+    # -- decisions -----------------------------------------------------------------------------------
+    async def tick(self, conn: AsyncConnection[Any]) -> None:
+        for rollout_id in await store.active_rollouts(conn):
+            r = await store.get_rollout(conn, rollout_id)
+            if r.view.status == "cancelling":
+                await self._cancel_sent(conn, rollout_id)
+                continue
+            now = self.clock()
+            await self._expire(conn, r, now)
+            for d in decide(r.plan, r.view, await store.counts(conn, rollout_id), now):
+                if isinstance(d, Dispatch):
+                    await self._dispatch(conn, r, d.wave, d.count, now)
+                elif isinstance(d, GateMet):
+                    await self._update(conn, rollout_id, "gate_met_at = %s", d.at)
+                elif isinstance(d, Advance):
+                    log.info("rollout %d: wave %d starts", rollout_id, d.wave)
+                    await self._update(conn, rollout_id, "wave = %s, gate_met_at = NULL", d.wave)
+                elif isinstance(d, Pause):
+                    log.warning("rollout %d paused: %s", rollout_id, d.reason)
+                    await self._update(conn, rollout_id, "status = 'paused', status_reason = %s", d.reason)
+                elif isinstance(d, Complete):
+                    await self._update(conn, rollout_id, "status = 'completed'", None)
+
+    @staticmethod
+    async def _expire(conn: AsyncConnection[Any], r: store.Rollout, now: datetime) -> None:
+        """A job with no final report by its deadline failed (retryable): a lost job, a device gone."""
+        await conn.execute(
+            "UPDATE ota_device_jobs SET state = 'failed', retryable = true, updated_at = now(), "
+            "reason = 'no final report before the job deadline' WHERE rollout_id = %s AND sent_at < %s "
+            "AND state NOT IN ('pending', 'succeeded', 'failed', 'rolled_back', 'cancelled')",
+            (r.rollout_id, now - timedelta(seconds=r.plan.job_deadline_s)),
+        )
+
+    @staticmethod
+    async def _update(conn: AsyncConnection[Any], rollout_id: int, sql: str, arg: object) -> None:
+        args = (rollout_id,) if arg is None else (arg, rollout_id)
+        await conn.execute(f"UPDATE ota_rollouts SET {sql}, updated_at = now() WHERE rollout_id = %s", args)
+
+    async def _dispatch(
+        self, conn: AsyncConnection[Any], r: store.Rollout, wave: int, n: int, now: datetime
+    ) -> None:
+        release = await release_by_id(conn, r.release_id)
+        cur = await conn.execute(
+            "SELECT job_id, device_id FROM ota_device_jobs WHERE rollout_id = %s AND wave = %s AND state = 'pending' "
+            "ORDER BY job_id LIMIT %s",
+            (r.rollout_id, wave, n),
+        )
+        jobs = [(str(a), str(b)) for a, b in await cur.fetchall()]
+        url = f"{self.config.artifact_base_url.rstrip('/')}/{release.manifest.artifact}"
+        deadline = store.job_deadline(r.plan, now)
+        await self._publish_all(
+            [
+                (
+                    device_id,
+                    OtaJob(
+                        device_id=device_id,
+                        ts=now,
+                        job_id=job_id,
+                        rollout_id=r.rollout_id,
+                        manifest=release.signed,
+                        url=url,
+                        deadline=deadline,
+                    ),
+                )
+                for job_id, device_id in jobs
+            ]
+        )
+        await conn.execute(
+            "UPDATE ota_device_jobs SET state = 'sent', sent_at = %s, updated_at = now() "
+            "WHERE job_id = ANY(%s) AND state = 'pending'",
+            (now, [j for j, _ in jobs]),
+        )
+
+    async def _cancel_sent(self, conn: AsyncConnection[Any], rollout_id: int) -> None:
+        now = self.clock()
+        cur = await conn.execute(
+            "SELECT job_id, device_id FROM ota_device_jobs WHERE rollout_id = %s AND sent_at IS NOT NULL "
+            "AND cancel_sent_at IS NULL AND state NOT IN ('succeeded', 'failed', 'rolled_back')",
+            (rollout_id,),
+        )
+        jobs = [(str(a), str(b)) for a, b in await cur.fetchall()]
+        await self._publish_all(
+            [
+                (d, OtaJob(device_id=d, ts=now, job_id=j, rollout_id=rollout_id, action=OtaAction.CANCEL))
+                for j, d in jobs
+            ]
+        )
+        if jobs:
+            await conn.execute(
+                "UPDATE ota_device_jobs SET cancel_sent_at = %s WHERE job_id = ANY(%s)",
+                (now, [j for j, _ in jobs]),
+            )
+        cur = await conn.execute(
+            "SELECT count(*) FROM ota_device_jobs WHERE rollout_id = %s "
+            "AND state NOT IN ('succeeded', 'failed', 'rolled_back', 'cancelled')",
+            (rollout_id,),
+        )
+        row = await cur.fetchone()
+        if row is not None and int(row[0]) == 0:
+            await self._update(conn, rollout_id, "status = 'cancelled'", None)
+
+    async def _publish_all(self, jobs: list[tuple[str, OtaJob]]) -> None:
+        client = self._client
+        if client is None:
+            raise RuntimeError("the OTA service is not connected to the broker")
+        window = asyncio.Semaphore(PUBLISH_WINDOW)
+
+        async def one(device_id: str, job: OtaJob) -> None:
+            async with window:
+                topic = topics.downlink(device_id, topics.Downlink.OTA)
+                await client.publish(topic, encode(job), qos=1, retain=True)
+
+        async with asyncio.TaskGroup() as tg:
+            for device_id, job in jobs:
+                tg.create_task(one(device_id, job))

@@ -1,0 +1,1 @@
+"""Treatment protocols: validate, sign, store, publish as retained desired state, and track convergence."""
