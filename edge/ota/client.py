@@ -131,22 +131,12 @@ class OtaClient:
     # -- the loop ------------------------------------------------------------------------------------
     async def run(self) -> None:
         await self._finish_boot()
-        owns_http = self._http is None
-        if self._http is None:
-            s = self.settings
-            timeout = httpx.Timeout(s.stall_timeout_s, connect=s.connect_timeout_s)
-            self._http = httpx.AsyncClient(timeout=timeout)
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                job, self._latest = self._latest, None
-                if job is not None and not self.restart_requested:
-                    await self._run_job(job)
-        finally:
-            if owns_http and self._http is not None:
-                await self._http.aclose()
-                self._http = None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            job, self._latest = self._latest, None
+            if job is not None and not self.restart_requested:
+                await self._run_job(job)
 
     async def _run_job(self, job: OtaJob) -> None:
         finished = self.slots.finished()
@@ -253,7 +243,17 @@ class OtaClient:
         )
 
     async def _download(self, job: OtaJob, manifest: FirmwareManifest) -> None:
-        assert self._http is not None
+        if self._http is not None:
+            await self._download_with(self._http, job, manifest)
+            return
+        # An HTTP client (and its TLS context, ~0.9 MB of native memory) only while a download runs: an
+        # agent waits for jobs for months, and a simulator process holds thousands of agents.
+        s = self.settings
+        timeout = httpx.Timeout(s.stall_timeout_s, connect=s.connect_timeout_s)
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            await self._download_with(http, job, manifest)
+
+    async def _download_with(self, http: httpx.AsyncClient, job: OtaJob, manifest: FirmwareManifest) -> None:
         part = self.slots.part_path(job.job_id)
         self.slots.set_stage(job.job_id, "downloading")
         last = [-1.0]
@@ -271,7 +271,7 @@ class OtaClient:
         while True:
             attempt += 1
             try:
-                await download(self._http, job.url, part, manifest.size, progress)
+                await download(http, job.url, part, manifest.size, progress)
                 return
             except DownloadError as exc:
                 if not planner.may_retry(attempt, exc.retryable, self.settings):
