@@ -32,7 +32,7 @@ from cloud.ota import store
 from cloud.ota.artifacts import add_release
 from cloud.ota.rollout import RolloutPlan
 from cloud.ota.service import OtaService, OtaServiceConfig
-from tests.cloud.test_ota_rollout import KEY, TRUST, Runner, background, seed
+from tests.cloud.test_ota_rollout import KEY, TRUST, Runner, background, ingesting, seed
 from tests.edge.test_ota_support import artifact_server
 from tests.support.services import Mosquitto, scratch_database
 
@@ -65,23 +65,30 @@ async def rollout_once(n: int, root: Path) -> float:
                 with artifact_server(root / "store") as (base, _):
                     runner = Runner(broker.url, root / "devices", ids, set())
                     service = OtaService(OtaServiceConfig(dsn, broker.url, base, tick_s=0.2))
-                    async with background(runner.run(), service.run()):
-                        await asyncio.wait_for(service.subscribed.wait(), 10)
-                        t0 = time.perf_counter()
-                        rid = await store.create_rollout(
-                            conn, "9.0.0", store.Targets(), plan, store=root / "store", trust=TRUST, now=now
-                        )
-                        while True:
-                            row = await (
-                                await conn.execute(
-                                    "SELECT status FROM ota_rollouts WHERE rollout_id = %s", (rid,)
-                                )
-                            ).fetchone()
-                            if row and row[0] == "completed":
-                                return time.perf_counter() - t0
-                            if time.perf_counter() - t0 > 1800:
-                                raise TimeoutError("rollout did not complete in 30 min")
-                            await asyncio.sleep(0.2)
+                    with ingesting(dsn, broker.url):
+                        async with background(runner.run(), service.run()):
+                            await asyncio.wait_for(service.subscribed.wait(), 10)
+                            t0 = time.perf_counter()
+                            rid = await store.create_rollout(
+                                conn,
+                                "9.0.0",
+                                store.Targets(),
+                                plan,
+                                store=root / "store",
+                                trust=TRUST,
+                                now=now,
+                            )
+                            while True:
+                                row = await (
+                                    await conn.execute(
+                                        "SELECT status FROM ota_rollouts WHERE rollout_id = %s", (rid,)
+                                    )
+                                ).fetchone()
+                                if row and row[0] == "completed":
+                                    return time.perf_counter() - t0
+                                if time.perf_counter() - t0 > 1800:
+                                    raise TimeoutError("rollout did not complete in 30 min")
+                                await asyncio.sleep(0.2)
     finally:
         broker.close()
     raise AssertionError("unreachable")

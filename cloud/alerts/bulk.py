@@ -24,8 +24,6 @@ from cloud.alerts.decision import Action, AlertDecision
 from cloud.alerts.inputs import DeviceProfile, SessionRecord
 from cloud.alerts.params import RuleId
 from cloud.alerts.store import (
-    AUDIT,
-    CLEAR,
     PROFILE_SELECT,
     SEVERITY_NAME,
     SEVERITY_OF,
@@ -39,7 +37,6 @@ from cloud.alerts.store import (
     profile_of_row,
     session_of_row,
 )
-from cloud.alerts.store import UPSERT as UPSERT_ALERT
 
 Key = tuple[str, str]  # (device_id, session_id)
 
@@ -166,50 +163,112 @@ class Pending:
         self.drops += other.drops
 
 
+RAISE_MANY = """
+insert into alerts as a (device_id, rule_id, episode_key, severity, state, blocking, count, first_seen,
+                         last_seen, message, notice_text, evidence)
+select u.dev, u.rule, u.key, u.sev::alert_severity, 'open', u.blocking, 1, %(now)s, %(now)s, u.message,
+       u.notice, u.evidence
+from jsonb_to_recordset(%(rows)s::jsonb) as u(dev text, rule text, key text, sev text, blocking bool,
+                                              message text, notice text, evidence jsonb)
+on conflict (device_id, rule_id, episode_key) where state <> 'resolved' do update set
+    count = a.count + 1,
+    last_seen = greatest(a.last_seen, excluded.last_seen),
+    severity = greatest(a.severity, excluded.severity),
+    blocking = a.blocking or excluded.blocking,
+    message = case when excluded.severity > a.severity then excluded.message else a.message end,
+    evidence = case when excluded.severity >= a.severity then excluded.evidence else a.evidence end,
+    state = case when excluded.severity > a.severity and a.state in ('acknowledged', 'snoozed')
+                 then 'open' else a.state end
+returning a.device_id, a.rule_id, a.episode_key, a.id, (a.xmax = 0), a.severity::text, a.state
+"""
+CLEAR_MANY = """
+update alerts a set state = 'resolved', resolved_at = %(now)s, resolved_by = 'rule', resolution = old.message,
+       last_seen = greatest(a.last_seen, %(now)s)
+from (select al.id, al.state, u.message from alerts al
+      join jsonb_to_recordset(%(rows)s::jsonb) as u(dev text, rule text, key text, message text)
+      on al.device_id = u.dev and al.rule_id = u.rule and al.episode_key = u.key and al.state <> 'resolved'
+      order by al.id for update of al) old
+where a.id = old.id
+returning a.device_id, a.rule_id, a.episode_key, a.id, old.state, a.severity::text
+"""
+AUDIT_MANY = (
+    "insert into alert_transitions (alert_id, from_state, to_state, severity, at, actor, reason) "
+    "select i, f, t, s::alert_severity, %s, 'rule', r "
+    "from jsonb_to_recordset(%s::jsonb) as u(i bigint, f text, t text, s text, r text)"
+)
+
+
+def waves(decisions: list[AlertDecision]) -> list[list[AlertDecision]]:
+    """Split decisions so no episode appears twice in one wave, keeping each episode's order: wave i
+    holds the i-th decision of every episode (one set-based statement may touch a row only once)."""
+    out: list[list[AlertDecision]] = []
+    seen: dict[tuple[str, str, str], int] = {}
+    for d in decisions:
+        k = (d.device_id, d.rule_id.value, d.episode_key)
+        i = seen[k] = seen.get(k, -1) + 1
+        if i == len(out):
+            out.append([])
+        out[i].append(d)
+    return out
+
+
 def apply_decisions(
     conn: Conn, decisions: list[AlertDecision], before: Mapping[str, OpenMap], now: datetime
-) -> tuple[list[Applied], list[tuple[Any, ...]]]:
-    """Upsert the raises and resolve the clears in one round trip; returns them and their audit rows."""
-    if not decisions:
-        return [], []
-    with conn.pipeline():  # in order: a raise then a clear of one episode in a batch still nets out
-        curs = [
-            conn.execute(CLEAR if d.action is Action.CLEAR else UPSERT_ALERT, _args(d, now))
-            for d in decisions
-        ]
+) -> tuple[list[Applied], list[dict[str, Any]]]:
+    """Upsert the raises and resolve the clears set-based (one round trip per wave, almost always one);
+    returns the applied decisions and their audit rows."""
     applied: list[Applied] = []
-    audits: list[tuple[Any, ...]] = []
-    for d, cur in zip(decisions, curs, strict=True):
-        row = cur.fetchone()
-        if d.action is Action.CLEAR:
-            if row is None:
+    audits: list[dict[str, Any]] = []
+    for wave in waves(decisions):
+        raises = [d for d in wave if d.action is not Action.CLEAR]
+        clears = [d for d in wave if d.action is Action.CLEAR]
+        with conn.pipeline():
+            c_clear = (
+                conn.execute(CLEAR_MANY, {"now": now, "rows": js([_row(d) for d in clears])})
+                if clears
+                else None
+            )
+            c_raise = (
+                conn.execute(RAISE_MANY, {"now": now, "rows": js([_row(d) for d in raises])})
+                if raises
+                else None
+            )
+        cleared = {(r[0], r[1], r[2]): r[3:] for r in c_clear.fetchall()} if c_clear else {}
+        raised = {(r[0], r[1], r[2]): r[3:] for r in c_raise.fetchall()} if c_raise else {}
+        for d in wave:  # in the decisions' order: the audit trail reads like the telemetry
+            k = (d.device_id, d.rule_id.value, d.episode_key)
+            if d.action is Action.CLEAR:
+                if k not in cleared:
+                    continue  # nothing open to clear
+                alert_id, old_state, sev = cleared[k]
+                audits.append({"i": alert_id, "f": old_state, "t": "resolved", "s": sev, "r": d.message})
+                applied.append(Applied(alert_id, d, False, False, True, old_state))
                 continue
-            audits.append((row[0], row[1], "resolved", row[2], now, "rule", d.message))
-            applied.append(Applied(row[0], d, False, False, True, row[1]))
-            continue
-        assert row is not None
-        alert_id, inserted, sev, state = row
-        prev = before.get(d.device_id, {}).get((d.rule_id, d.episode_key))
-        escalated = not inserted and prev is not None and SEVERITY_OF[sev] > prev
-        if inserted:
-            audits.append((alert_id, None, "open", sev, now, "rule", d.message))
-        elif escalated:
-            audits.append((alert_id, state, state, sev, now, "rule", f"severity raised: {d.message}"))
-        applied.append(Applied(alert_id, d, bool(inserted), escalated, False, None if inserted else state))
+            alert_id, inserted, sev, state = raised[k]
+            prev = before.get(d.device_id, {}).get((d.rule_id, d.episode_key))
+            escalated = not inserted and prev is not None and SEVERITY_OF[sev] > prev
+            if inserted:
+                audits.append({"i": alert_id, "f": None, "t": "open", "s": sev, "r": d.message})
+            elif escalated:
+                audits.append(
+                    {"i": alert_id, "f": state, "t": state, "s": sev, "r": f"severity raised: {d.message}"}
+                )
+            applied.append(
+                Applied(alert_id, d, bool(inserted), escalated, False, None if inserted else state)
+            )
     return applied, audits
 
 
-def _args(d: AlertDecision, now: datetime) -> dict[str, Any]:
+def _row(d: AlertDecision) -> dict[str, Any]:
     return {
         "dev": d.device_id,
         "rule": d.rule_id.value,
         "key": d.episode_key,
         "sev": SEVERITY_NAME[d.severity],
         "blocking": d.blocking,
-        "now": now,
         "message": d.message,
         "notice": d.notice_text,
-        "evidence": js(d.evidence),
+        "evidence": d.evidence,
     }
 
 
@@ -222,8 +281,7 @@ def write(
     out with the COMMIT)."""
     applied, audits = apply_decisions(conn, p.decisions, p.before, now)
     if audits:
-        with conn.cursor() as cur:
-            cur.executemany(AUDIT, audits)
+        conn.execute(AUDIT_MANY, (now, js(audits)))
     if p.history:
         hs = [{"d": d, "s": s, "r": r} for (d, s), r in sorted(p.history.items())]
         conn.execute(SAVE_HISTORY, (js(hs),))

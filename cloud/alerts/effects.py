@@ -26,32 +26,30 @@ def notice_id(alert_id: int, severity_name: str) -> str:
     return f"alert-{alert_id}-{severity_name}"
 
 
-NOTICE_INSERT = (
+NOTICE_INSERT = (  # the rows as one json document: one statement for a whole batch's notices
     "insert into notice_outbox (notice_id, alert_id, device_id, severity, rule_id, text, created_at, "
-    "release_at, expires_at) values (%s, %s, %s, %s::alert_severity, %s, %s, %s, %s, %s) "
+    "release_at, expires_at) select n, a, d, s::alert_severity, r, t, %s, rel, exp from jsonb_to_recordset(%s::jsonb) "
+    "as u(n text, a bigint, d text, s text, r text, t text, rel timestamptz, exp timestamptz) "
     "on conflict (notice_id) do nothing"
 )
 
 
-def notice_row(
-    cfg: AlertConfig, a: Applied, profile: ProfileRow | None, now: datetime
-) -> tuple[str, int, str, str, str, str, datetime, datetime, datetime]:
+def notice_row(cfg: AlertConfig, a: Applied, profile: ProfileRow | None, now: datetime) -> dict[str, Any]:
     """The notice_outbox row of an applied decision (held until quiet hours end unless critical)."""
     d = a.decision
     tz = user_tz(profile.tz_name if profile else None, profile.profile.tz_offset_min if profile else 0)
     release = release_at(now, d.severity, tz, cfg.quiet_start, cfg.quiet_end)
     sev = SEVERITY_NAME[d.severity]
-    return (
-        notice_id(a.alert_id, sev),
-        a.alert_id,
-        d.device_id,
-        sev,
-        d.rule_id.value,
-        d.notice_text,
-        now,
-        release,
-        release + timedelta(seconds=cfg.notice_ttl_s),
-    )
+    return {
+        "n": notice_id(a.alert_id, sev),
+        "a": a.alert_id,
+        "d": d.device_id,
+        "s": sev,
+        "r": d.rule_id.value,
+        "t": d.notice_text,
+        "rel": release,
+        "exp": release + timedelta(seconds=cfg.notice_ttl_s),
+    }
 
 
 def webhook_event(a: Applied) -> str | None:
@@ -109,7 +107,7 @@ def route(
     channel (NOTIFY is delivered at COMMIT: listeners learn of committed alerts only; the payload is a
     JSON list of [id, device_id, rule_id]). Nothing here reads a result, so in a pipeline every statement
     goes out with the COMMIT."""
-    notices: list[tuple[Any, ...]] = []
+    notices: list[dict[str, Any]] = []
     applied = list(applied)
     opened = [[a.alert_id, a.decision.device_id, a.decision.rule_id.value] for a in applied if a.opened]
     for i in range(0, len(opened), NOTIFY_CHUNK):
@@ -127,6 +125,5 @@ def route(
             continue  # a late upload of an old episode: ops see it, the user is not told about the past
         notices.append(notice_row(cfg, a, profiles.get(a.decision.device_id), now))
     if notices:
-        with conn.cursor() as cur:
-            cur.executemany(NOTICE_INSERT, notices)
+        conn.execute(NOTICE_INSERT, (now, js(notices)))
     return len(notices)

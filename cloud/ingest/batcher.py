@@ -21,6 +21,7 @@ from contract.codec import MAX_PAYLOAD_BYTES, decode_uplink
 from contract.errors import ContractError, Reason
 from contract.messages import (
     DeviceEvent,
+    OtaReport,
     SampleBatch,
     SessionEnd,
     SessionStart,
@@ -43,6 +44,7 @@ class Batch(Generic[T]):
     samples: list[Row] = field(default_factory=list)
     sessions: list[Row] = field(default_factory=list)
     events: list[Row] = field(default_factory=list)
+    ota_reports: list[Row] = field(default_factory=list)
     uplink_log: list[Row] = field(default_factory=list)
     devices: list[Row] = field(default_factory=list)
     quarantine: list[Row] = field(default_factory=list)
@@ -80,6 +82,7 @@ class Batcher(Generic[T]):
         self._raw: list[tuple[str, bytes]] = []
         self._samples: dict[tuple[object, ...], Row] = {}
         self._events: dict[tuple[object, ...], Row] = {}
+        self._ota: dict[tuple[object, ...], Row] = {}
         self._log: dict[tuple[object, ...], Row] = {}
         self._sessions: dict[tuple[object, ...], Row] = {}
         self._devices: dict[str, Row] = {}
@@ -147,6 +150,8 @@ class Batcher(Generic[T]):
             self._sessions[key] = new if old is None else rows.merge_session(old, new)
         elif isinstance(m, DeviceEvent):
             self._events.setdefault((m.device_id, m.seq, m.at), rows.event_row(m))
+        elif isinstance(m, OtaReport):
+            self._ota.setdefault((m.device_id, m.seq, m.ts), rows.ota_report_row(m))
         rank = rows.status_rank(m) if isinstance(m, Status) else None
         dev = rows.device_row(m)
         old_dev = self._devices.get(m.device_id)
@@ -174,6 +179,7 @@ class Batcher(Generic[T]):
             samples=list(self._samples.values()),
             sessions=list(self._sessions.values()),
             events=list(self._events.values()),
+            ota_reports=list(self._ota.values()),
             uplink_log=list(self._log.values()),
             devices=list(self._devices.values()),
             quarantine=list(self._quarantine.values()),

@@ -99,8 +99,8 @@ QUARANTINE = Table(
     "ON CONFLICT (topic, payload_sha256) DO NOTHING",
 )
 
-# OTA reports (migration 0500_ota.sql). Not in ALL_TABLES: cloud/ota/service.py writes them from its own
-# shared subscription; OTA_JOB_MERGE then moves each job to the state of its newest report. A cancelled job
+# OTA reports (migration 0500_ota.sql), written by ingest like every uplink (ack after commit, so none is
+# lost); OTA_JOB_MERGE then moves each job to the state of its newest report. A cancelled job
 # (by the device, or by force) stays cancelled: later reports are kept in ota_reports but do not change it.
 OTA_REPORTS = _append(
     "ota_reports",
@@ -119,7 +119,7 @@ OTA_JOB_MERGE = (
 )
 
 APPEND_TABLES = (SAMPLES, EVENTS, UPLINK_LOG)
-ALL_TABLES = (SAMPLES, EVENTS, UPLINK_LOG, SESSIONS, DEVICES, QUARANTINE)
+ALL_TABLES = (SAMPLES, EVENTS, UPLINK_LOG, SESSIONS, DEVICES, QUARANTINE, OTA_REPORTS)
 
 # Binary COPY does not check ranges: psycopg packs an int2/int4 modulo 2^16/2^32 (70000 -> 4464) and a
 # float4 beyond 3.4e38 as infinity, and raises a bare OverflowError for int8. So every value is checked

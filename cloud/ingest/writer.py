@@ -32,7 +32,16 @@ from psycopg import errors as pgerrors
 
 from cloud.ingest.batcher import Batch, Batcher
 from cloud.ingest.rows import Row
-from cloud.ingest.tables import ALL_TABLES, APPEND_TABLES, DEVICES, QUARANTINE, SESSIONS, Table
+from cloud.ingest.tables import (
+    ALL_TABLES,
+    APPEND_TABLES,
+    DEVICES,
+    OTA_JOB_MERGE,
+    OTA_REPORTS,
+    QUARANTINE,
+    SESSIONS,
+    Table,
+)
 from contract.errors import Reason
 
 log = logging.getLogger(__name__)
@@ -125,11 +134,14 @@ class BatchWriter:
             (SESSIONS, batch.sessions),
             (DEVICES, batch.devices),
             (QUARANTINE, batch.quarantine),
+            (OTA_REPORTS, batch.ota_reports),
         ):
             if rows:
                 self._copy(cur, table, table.stage, rows)
                 cur.execute(table.merge)
-        if strategy == "stage" or batch.sessions or batch.devices or batch.quarantine:
+        if batch.ota_reports:
+            cur.execute(OTA_JOB_MERGE)  # reads the staged reports: the newest state of each job
+        if strategy == "stage" or batch.sessions or batch.devices or batch.quarantine or batch.ota_reports:
             # staging tables are emptied at COMMIT; empty them now too, in case of a savepoint retry
             for table in ALL_TABLES:
                 cur.execute(f"DELETE FROM {table.stage}")

@@ -1,7 +1,9 @@
 """The OTA service: the one process that talks MQTT for firmware updates.
 
-- consumes device reports from its own shared subscription `$share/ota/mf/v1/+/up/ota` and writes them
-  (ota_reports, plus the latest state per job in ota_device_jobs) one batch per transaction;
+- reads the devices' reports from the database: ingest stores every `mf/v1/<id>/up/ota` report
+  (ota_reports, and the newest state per job in ota_device_jobs) in the same transaction as the rest of
+  the telemetry and acknowledges the broker only after the commit, so no report is lost while this
+  service restarts (a subscription of its own would drop what arrives while it is down);
 - every `tick_s`, for each running rollout, asks the pure planner (rollout.py) what to do and applies it:
   publish retained OtaJobs for the next devices (pacing), record the success gate, advance, pause on the
   error gate, complete; for a cancelling rollout, publish a cancel (retained, same job id) to every device
@@ -24,21 +26,15 @@ from typing import Any
 import aiomqtt
 from psycopg import AsyncConnection
 
-from cloud.ingest.rows import ota_report_row
-from cloud.ingest.tables import OTA_JOB_MERGE, OTA_REPORTS
 from cloud.ota import store
 from cloud.ota.artifacts import release_by_id
 from cloud.ota.rollout import Advance, Complete, Dispatch, GateMet, Pause, decide
 from contract import topics
-from contract.codec import decode_uplink, encode
-from contract.errors import ContractError
-from contract.messages import OtaReport
+from contract.codec import encode
 from contract.mqtturl import parse_mqtt_url
 from contract.ota import OtaAction, OtaJob
 
 log = logging.getLogger(__name__)
-QUEUE_MAX = 10_000
-BATCH_MAX = 2000
 PUBLISH_WINDOW = 100
 
 
@@ -53,16 +49,13 @@ class OtaServiceConfig:
     artifact_base_url: str  # e.g. http://fw.example.com/artifacts (the file name is appended)
     group: str = "ota"
     tick_s: float = 1.0
-    batch_delay_s: float = 0.05
 
 
 class OtaService:
     def __init__(self, config: OtaServiceConfig, *, clock: Callable[[], datetime] = utc_now) -> None:
         self.config = config
         self.clock = clock
-        self._queue: asyncio.Queue[OtaReport] = asyncio.Queue(QUEUE_MAX)
         self._client: aiomqtt.Client | None = None
-        self.reports_written = 0
         self.subscribed = asyncio.Event()
 
     # -- MQTT ----------------------------------------------------------------------------------------
@@ -75,7 +68,6 @@ class OtaService:
             password=addr.password,
             identifier=f"ota-{uuid.uuid4().hex[:8]}",
             protocol=aiomqtt.ProtocolVersion.V5,
-            max_queued_incoming_messages=QUEUE_MAX,
             max_inflight_messages=PUBLISH_WINDOW,
         )
 
@@ -85,51 +77,12 @@ class OtaService:
         client.pending_calls_threshold = PUBLISH_WINDOW + 10  # our window bounds it; no warning spam
         async with client:
             self._client = client
-            await client.subscribe(
-                topics.shared(self.config.group, topics.uplink_filter(topics.Uplink.OTA)), qos=1
-            )
-            self.subscribed.set()
+            self.subscribed.set()  # connected: jobs can be published
             try:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._receive(client), name="ota-rx")
-                    tg.create_task(self._write_reports(), name="ota-db")
-                    tg.create_task(self._ticker(), name="ota-tick")
+                await self._ticker()
             finally:
                 self._client = None
                 self.subscribed.clear()
-
-    async def _receive(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-            try:
-                report = decode_uplink(str(message.topic), payload, self.clock())
-            except ContractError as exc:  # ingest quarantines it too; here it is only skipped
-                log.warning("OTA report refused on %s: %s", message.topic, exc)
-                continue
-            if isinstance(report, OtaReport):
-                await self._queue.put(report)
-
-    async def _write_reports(self) -> None:
-        async with await AsyncConnection.connect(self.config.database_url) as conn:
-            await conn.execute(OTA_REPORTS.create_stage)
-            await conn.commit()
-            while True:
-                batch = [await self._queue.get()]
-                await asyncio.sleep(self.config.batch_delay_s)
-                while len(batch) < BATCH_MAX and not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                await self.write(conn, batch)
-
-    async def write(self, conn: AsyncConnection[Any], reports: list[OtaReport]) -> None:
-        async with conn.transaction(), conn.cursor() as cur:
-            async with cur.copy(OTA_REPORTS.copy_into(OTA_REPORTS.stage)) as copy:
-                copy.set_types(list(OTA_REPORTS.types))
-                for r in reports:
-                    await copy.write_row(ota_report_row(r))
-            await cur.execute(OTA_REPORTS.merge)
-            await cur.execute(OTA_JOB_MERGE)
-            await cur.execute(f"DELETE FROM {OTA_REPORTS.stage}")
-        self.reports_written += len(reports)
 
     async def _ticker(self) -> None:
         async with await AsyncConnection.connect(self.config.database_url, autocommit=True) as conn:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ import httpx
 import pytest
 from psycopg import AsyncConnection
 
+from cloud.config import CloudConfig
 from cloud.db.migrate import migrate
+from cloud.ingest.service import IngestService
 from cloud.ota import store
 from cloud.ota.artifacts import ReleaseRefused, add_release
 from cloud.ota.rollout import (
@@ -187,6 +190,20 @@ async def background(*coros: Any) -> AsyncIterator[None]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+@contextlib.contextmanager
+def ingesting(database_url: str, broker_url: str) -> Iterator[IngestService]:
+    """The ingest service, which stores the devices' OTA reports the rollout service reads."""
+    cfg = CloudConfig(
+        database_url=database_url, mqtt_url=broker_url, consumer_id=f"ota-ingest-{uuid.uuid4().hex[:6]}"
+    )
+    service = IngestService(cfg, housekeeping=False)
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
 async def wait_until(
     conn: AsyncConnection[Any], sql: str, args: tuple[Any, ...], deadline_s: float = 30.0
 ) -> Any:
@@ -292,66 +309,72 @@ async def test_rollout_over_1000_agents_pauses_on_errors_then_resume_and_cancel(
         with artifact_server(art) as (base, _):
             runner = Runner(broker.url, tmp_path / "devices", ids, failing)
             service = OtaService(OtaServiceConfig(database_url, broker.url, base, tick_s=0.2))
-            async with background(runner.run(), service.run()):
-                async with asyncio.timeout(10):
-                    await service.subscribed.wait()
-                rid = await store.create_rollout(
-                    conn, "1.1.0", store.Targets(), plan, store=art, trust=TRUST, now=datetime.now(UTC)
-                )
-                assert rid == 1
-                (reason,) = await wait_until(
-                    conn,
-                    "SELECT status_reason FROM ota_rollouts WHERE rollout_id = %s AND status = 'paused'",
-                    (rid,),
-                    60,
-                )
-                assert "error gate: wave 1" in reason
-                counts = await store.counts(conn, rid)
-                assert counts[0].succeeded == len(waves[0])
-                assert counts[1].n("rolled_back") >= 1
-                assert all(c.pending == c.size for c in counts[2:])  # nothing reached the later waves
-                # jobs already out finish while paused; still nothing is sent to wave 2
-                await wait_until(
-                    conn,
-                    "SELECT count(*) = 0 FROM ota_device_jobs WHERE rollout_id = %s AND wave = 1 AND state NOT IN ('succeeded', 'rolled_back', 'pending')",
-                    (rid,),
-                    30,
-                )
-                counts = await store.counts(conn, rid)
-                assert counts[1].n("rolled_back") + counts[1].succeeded + counts[1].pending == counts[1].size
-                assert all(c.pending == c.size for c in counts[2:])
-                # resume: the failures are acknowledged, the wave finishes, the next waves start
-                await store.resume(conn, rid)
-                await wait_until(
-                    conn,
-                    "SELECT count(*) >= 100 FROM ota_device_jobs WHERE rollout_id = %s AND wave = 2 AND state = 'succeeded'",
-                    (rid,),
-                    60,
-                )
-                # cancel: pending jobs at once, sent ones with the device's confirmation or by finishing
-                r = await store.cancel(conn, rid)
-                assert r.view.status == "cancelling"
-                counts = await store.counts(conn, rid)
-                assert all(c.pending == 0 for c in counts)
-                await wait_until(
-                    conn, "SELECT status = 'cancelled' FROM ota_rollouts WHERE rollout_id = %s", (rid,), 30
-                )
-                counts = await store.counts(conn, rid)
-                assert counts[3].succeeded == 0 and counts[3].n("cancelled") == counts[3].size
-                states = await (
-                    await conn.execute(
-                        "SELECT DISTINCT state FROM ota_device_jobs WHERE rollout_id = %s", (rid,)
+            with ingesting(database_url, broker.url):
+                async with background(runner.run(), service.run()):
+                    async with asyncio.timeout(10):
+                        await service.subscribed.wait()
+                    rid = await store.create_rollout(
+                        conn, "1.1.0", store.Targets(), plan, store=art, trust=TRUST, now=datetime.now(UTC)
                     )
-                ).fetchall()
-                assert {s for (s,) in states} <= {"succeeded", "rolled_back", "cancelled"}
-                # the rolled back devices run the old firmware, and say so
-                fw = await (
-                    await conn.execute(
-                        "SELECT DISTINCT r.fw_version FROM ota_reports r WHERE r.state = 'rolled_back'"
+                    assert rid == 1
+                    (reason,) = await wait_until(
+                        conn,
+                        "SELECT status_reason FROM ota_rollouts WHERE rollout_id = %s AND status = 'paused'",
+                        (rid,),
+                        60,
                     )
-                ).fetchall()
-                assert fw == [("1.0.0",)]
-                n_reports = (
-                    await (await conn.execute("SELECT count(*) FROM ota_reports")).fetchone() or [0]
-                )[0]
-                assert n_reports > 1000
+                    assert "error gate: wave 1" in reason
+                    counts = await store.counts(conn, rid)
+                    assert counts[0].succeeded == len(waves[0])
+                    assert counts[1].n("rolled_back") >= 1
+                    assert all(c.pending == c.size for c in counts[2:])  # nothing reached the later waves
+                    # jobs already out finish while paused; still nothing is sent to wave 2
+                    await wait_until(
+                        conn,
+                        "SELECT count(*) = 0 FROM ota_device_jobs WHERE rollout_id = %s AND wave = 1 AND state NOT IN ('succeeded', 'rolled_back', 'pending')",
+                        (rid,),
+                        30,
+                    )
+                    counts = await store.counts(conn, rid)
+                    assert (
+                        counts[1].n("rolled_back") + counts[1].succeeded + counts[1].pending == counts[1].size
+                    )
+                    assert all(c.pending == c.size for c in counts[2:])
+                    # resume: the failures are acknowledged, the wave finishes, the next waves start
+                    await store.resume(conn, rid)
+                    await wait_until(
+                        conn,
+                        "SELECT count(*) >= 100 FROM ota_device_jobs WHERE rollout_id = %s AND wave = 2 AND state = 'succeeded'",
+                        (rid,),
+                        60,
+                    )
+                    # cancel: pending jobs at once, sent ones with the device's confirmation or by finishing
+                    r = await store.cancel(conn, rid)
+                    assert r.view.status == "cancelling"
+                    counts = await store.counts(conn, rid)
+                    assert all(c.pending == 0 for c in counts)
+                    await wait_until(
+                        conn,
+                        "SELECT status = 'cancelled' FROM ota_rollouts WHERE rollout_id = %s",
+                        (rid,),
+                        30,
+                    )
+                    counts = await store.counts(conn, rid)
+                    assert counts[3].succeeded == 0 and counts[3].n("cancelled") == counts[3].size
+                    states = await (
+                        await conn.execute(
+                            "SELECT DISTINCT state FROM ota_device_jobs WHERE rollout_id = %s", (rid,)
+                        )
+                    ).fetchall()
+                    assert {s for (s,) in states} <= {"succeeded", "rolled_back", "cancelled"}
+                    # the rolled back devices run the old firmware, and say so
+                    fw = await (
+                        await conn.execute(
+                            "SELECT DISTINCT r.fw_version FROM ota_reports r WHERE r.state = 'rolled_back'"
+                        )
+                    ).fetchall()
+                    assert fw == [("1.0.0",)]
+                    n_reports = (
+                        await (await conn.execute("SELECT count(*) FROM ota_reports")).fetchone() or [0]
+                    )[0]
+                    assert n_reports > 1000
