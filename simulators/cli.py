@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import resource
 import socket
 from pathlib import Path
@@ -51,9 +52,12 @@ def _table(s: FleetStats, title: str) -> Table:
 def _replica(replicas: int, replica: int | None) -> int:
     if replica is not None:
         return replica
-    env = os.environ.get("MICROFLEET_SIM_REPLICA")
+    env = os.environ.get("MICROFLEET_SIM_REPLICA")  # "3", or "sim-3" as deploy/docker/replica-id.sh sets it
     if env:
-        return int(env)
+        digits = re.search(r"(\d+)$", env)
+        if digits is None:
+            raise typer.BadParameter(f"MICROFLEET_SIM_REPLICA={env!r} does not end in a replica number")
+        return int(digits.group(1))
     return replica_number(socket.gethostname()) if replicas > 1 else 1
 
 
