@@ -40,7 +40,8 @@ $(STAMP): pyproject.toml
 services:  ## install (Debian, as root) and start PostgreSQL, Mosquitto and the npm test packages
 	@scripts/ensure-services.sh
 
-test: venv services  ## run the whole test suite (pytest; PYTEST_ARGS=... to pass more)
+test: venv services  ## static checks, then the whole test suite (pytest; PYTEST_ARGS=... to pass more)
+	@scripts/check
 	@rc=0; $(VENV)/bin/pytest -q --durations=15 $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc = 5 ]; then echo "make test: pytest collected no tests: that is a failure" >&2; fi; \
 	exit $$rc
