@@ -1,9 +1,10 @@
-"""Safety, from the session summaries that exist today: contact problems (DOMAIN §6 T5), long sessions
-(O1) and the hardware envelope (T7). Alert panels (rules, severities, open alerts, time to acknowledge)
-wait for the alerts tables of issue 3: see deploy/grafana/README.md."""
+"""Safety: the alerts (by rule and severity, open now, time to acknowledge; cloud/dashboards/alert_panels.py),
+then the telemetry behind some rules from the session summaries: contact problems (DOMAIN §6 T5), long
+sessions (O1) and the hardware envelope (T7)."""
 
 from __future__ import annotations
 
+from cloud.dashboards import alert_panels
 from cloud.dashboards.spec import Col, DashboardSpec, PanelSpec, Viz, device_filter, local_day
 from cloud.dashboards.variables import STANDARD
 
@@ -64,11 +65,13 @@ SELECT count(*) FILTER (WHERE s.duration_active_s > {LONG_SESSION_S}) AS over_20
 DASHBOARD = DashboardSpec(
     uid="mf-safety",
     title="microfleet / Safety",
-    description="Contact problems, long sessions and the hardware envelope from session summaries.",
+    description="Alerts by rule and severity, open alerts, time to acknowledge; contact problems, long "
+    "sessions and the hardware envelope from session summaries.",
     time_from="now-7d",
     refresh="5m",
     variables=STANDARD,
     panels=(
+        *alert_panels.PANELS,
         PanelSpec(
             "Envelope breaches in range",
             ENVELOPE_TOTALS,

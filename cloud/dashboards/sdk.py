@@ -62,6 +62,18 @@ class SqlTarget(cogbuilder.Builder[SqlQuery]):
 
 
 def _variable(spec: VariableSpec) -> cogbuilder.Builder[dashboard_models.VariableModel]:
+    if spec.query and not spec.multi:
+        return (
+            dashboard.QueryVariable(spec.name)
+            .label(spec.label)
+            .datasource(DATASOURCE)
+            .query(spec.query)
+            .refresh(dashboard_models.VariableRefresh.ON_DASHBOARD_LOAD)
+            .sort(dashboard_models.VariableSort.DISABLED)
+            .multi(False)
+            .include_all(False)
+            .allow_custom_value(False)
+        )
     if spec.query:
         all_option = dashboard_models.VariableOption(selected=True, text="All", value="$__all")
         return (
@@ -105,6 +117,8 @@ def _panel(spec: PanelSpec, panel_id: int) -> PanelBuilder:
         p = piechart.Panel().reduce_options(all_rows).pie_type(piechart_models.PieChartType.DONUT)
     elif spec.viz is Viz.BARCHART:
         p = barchart.Panel().x_field(spec.columns[0][0]).show_value(common_models.VisibilityMode.AUTO)
+        if spec.stacked:
+            p = p.stacking(common_models.StackingMode.NORMAL)
     else:
         p = bargauge.Panel().reduce_options(all_rows).orientation(common_models.VizOrientation.HORIZONTAL)
     p = p.id(panel_id).title(spec.title).datasource(DATASOURCE).with_target(SqlTarget(spec.sql, spec.format))

@@ -36,6 +36,7 @@ class PanelSpec:
     unit: str = ""
     width: int = 8
     height: int = 8
+    stacked: bool = False  # bar charts: stack the numeric columns of each row
 
     @property
     def format(self) -> str:
@@ -48,7 +49,9 @@ class PanelSpec:
 @dataclass(frozen=True, slots=True)
 class VariableSpec:
     """A dashboard variable. Multi-value variables with 'All' use a custom all value (`'__all'`), so an
-    empty fleet still yields valid SQL; panel SQL tests `'__all' IN ($var) OR col IN ($var)`."""
+    empty fleet still yields valid SQL; panel SQL tests `'__all' IN ($var) OR col IN ($var)`. A single-value
+    query variable (multi=False) keeps its query's order and starts on its first row; panel SQL reads it
+    as `nullif('$var', '')` so that an empty list (nothing to pick yet) still yields valid SQL."""
 
     name: str
     label: str
@@ -76,11 +79,12 @@ class DashboardSpec:
 ALL_VALUE = "'__all'"
 
 
-def device_filter(model: str, firmware: str, protocol: str) -> str:
-    """The SQL condition for the model, firmware and protocol variables over the given columns."""
+def device_filter(model: str, firmware: str | None, protocol: str) -> str:
+    """The SQL condition for the model, firmware and protocol variables over the given columns
+    (firmware None: the panel applies the firmware variable itself, or not at all)."""
+    on_firmware = f" AND ('__all' IN ($firmware) OR {firmware} IN ($firmware))" if firmware else ""
     return (
-        f"('__all' IN ($model) OR {model} IN ($model))"
-        f" AND ('__all' IN ($firmware) OR {firmware} IN ($firmware))"
+        f"('__all' IN ($model) OR {model} IN ($model)){on_firmware}"
         f" AND ('__all' IN ($protocol) OR {protocol} IN ($protocol))"
     )
 

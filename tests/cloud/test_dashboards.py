@@ -39,7 +39,9 @@ def test_panels_use_the_provisioned_datasource_and_every_variable() -> None:
     (source,) = provisioned["datasources"]
     for name, text in rendered().items():
         board = json.loads(text)
-        assert {v["name"] for v in board["templating"]["list"]} == {"model", "firmware", "protocol", "tz"}
+        names = {v["name"] for v in board["templating"]["list"]}
+        assert names - {"rollout"} == {"model", "firmware", "protocol", "tz"}, name
+        assert ("rollout" in names) == (name == "mf-ota.json")
         assert board["panels"], name
         for panel in board["panels"]:
             for target in panel["targets"]:
@@ -47,6 +49,20 @@ def test_panels_use_the_provisioned_datasource_and_every_variable() -> None:
                 assert target["rawSql"].strip()
         assert len({p["id"] for p in board["panels"]}) == len(board["panels"])
         assert all(p["gridPos"]["x"] + p["gridPos"]["w"] <= 24 for p in board["panels"])
+
+
+def test_rollout_variable_is_single_value_newest_first() -> None:
+    board = json.loads(rendered()["mf-ota.json"])
+    (rollout,) = [v for v in board["templating"]["list"] if v["name"] == "rollout"]
+    assert rollout["type"] == "query" and not rollout["multi"] and not rollout["includeAll"]
+    assert "current" not in rollout or not rollout["current"]  # Grafana starts on the first (newest) row
+    assert rollout["query"].rstrip().endswith("ORDER BY r.rollout_id DESC") and rollout["sort"] == 0
+
+
+def test_stacked_bar_charts() -> None:
+    for name in ("mf-safety.json", "mf-ota.json"):
+        bars = [p for p in json.loads(rendered()[name])["panels"] if p["type"] == "barchart"]
+        assert any(p["options"].get("stacking") == "normal" for p in bars), name
 
 
 def test_time_macros_expand_like_grafana() -> None:

@@ -19,6 +19,7 @@ from cloud.dashboards.sdk import dashboard_builder
 from cloud.dashboards.spec import ALL_VALUE, Col, PanelSpec
 from cloud.db.migrate import StoragePath, current_path, migrate
 from cloud.db.rollups import refresh_rollups
+from tests.cloud import dashboard_seed
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 START, END = NOW - timedelta(days=30), NOW + timedelta(minutes=5)
@@ -28,13 +29,16 @@ ALL_VARS: dict[str, VariableValue] = {
     "firmware": All(ALL_VALUE),
     "protocol": All(ALL_VALUE),
     "tz": "UTC",
+    "rollout": str(dashboard_seed.ROLLOUT_ID),
 }
 PICKED_VARS: dict[str, VariableValue] = {
     "model": ("mf-home-1",),
     "firmware": ("1.4.0", "1.3.2"),
     "protocol": ("starter", "o'hara"),  # a quote in a value must not break the SQL
     "tz": "Europe/Paris",
+    "rollout": str(dashboard_seed.OTHER_ROLLOUT_ID),
 }
+NO_ROLLOUT_YET: dict[str, VariableValue] = {**ALL_VARS, "rollout": ""}  # the variable's list is empty
 
 DEVICES = [
     # device_id, model, fw, protocol, version, state, last_seen, outbox_depth, outbox_dropped
@@ -55,7 +59,7 @@ SAMPLE_HOURS = [NOW - timedelta(hours=1), NOW - timedelta(hours=26), NOW - timed
 
 # What some panels must say about the seed with every variable on All: the SQL is checked, not only run.
 EXPECTED_FIRST_ROW = {
-    ("mf-fleet", "Devices"): (3, 2, 1),
+    ("mf-fleet", "Devices"): (6, 2, 1),  # 3 with sessions + 3 rollout targets (dashboard_seed)
     ("mf-fleet", "Sessions today"): (
         sum(1 for s in SESSIONS if s[2].date() == NOW.date()),
         len({s[0] for s in SESSIONS if s[2].date() == NOW.date()}),
@@ -68,10 +72,10 @@ EXPECTED_FIRST_ROW = {
 
 
 def seed(conn: psycopg.Connection[Any]) -> None:
-    for dev in DEVICES:
+    for dev in [(*d, NOW - dashboard_seed.FIRST_SEEN) for d in DEVICES] + dashboard_seed.ota_devices(NOW):
         conn.execute(
             "INSERT INTO devices (device_id, model, fw_version, protocol_id, protocol_version, state, last_seen,"
-            " outbox_depth, outbox_dropped, tz_offset_min) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,60)",
+            " outbox_depth, outbox_dropped, first_seen, tz_offset_min) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,60)",
             dev,
         )
     for dev_id, sid, started, active, level, ok, imp, spikes, charging, max_ua, ended in SESSIONS:
@@ -115,6 +119,7 @@ def seed(conn: psycopg.Connection[Any]) -> None:
             " VALUES (%s, 'mf/v1/dev-x/up/samples', %s, %s, %s, 'bad', 'ingest-1')",
             (NOW - timedelta(minutes=5 + i), b"{nope", bytes([i]) * 32, reason),
         )
+    dashboard_seed.seed(conn, NOW)
 
 
 def panels() -> Iterator[tuple[str, PanelSpec, str, str]]:
@@ -168,6 +173,10 @@ def run_all(dsn: str, *, timescaledb: bool) -> dict[tuple[str, str], list[tuple[
                 if variables is ALL_VARS:
                     assert rows, f"{uid} / {panel.title} returned no rows over the seed"
                     results[(uid, panel.title)] = rows
+            if "$rollout" in raw_sql:
+                sql = expand(raw_sql, start=START, end=END, variables=NO_ROLLOUT_YET, timescaledb=timescaledb)
+                cur = conn.execute(sql.encode())
+                check_shape(panel, cur, cur.fetchall())
         for name, query in variable_queries():
             values = [r[0] for r in conn.execute(query.encode()).fetchall()]
             assert values and all(isinstance(v, str) for v in values), name
@@ -190,9 +199,11 @@ def check_expected(results: dict[tuple[str, str], list[tuple[Any, ...]]]) -> Non
     assert [tuple(r[:6]) for r in contact] == [("dev-b", "mf-home-1", 1, 1, 1, 4)]  # the gel skimper only
     assert float(contact[0][6]) == 80.0
     firmware = dict(results[("mf-fleet", "Firmware versions")])
-    assert firmware == {"1.4.0": 1, "1.3.2": 1, "2.0.1": 1}
+    assert firmware == {"1.4.0": 1, "1.3.2": 4, "2.0.1": 1}
     zones = {r[0]: float(r[1]) for r in results[("mf-usage", "Time by zone")]}
     assert zones == {"forehead": 6.0, "cheek_l": 4.0}  # 4 ended sessions x 90 s and x 60 s
+    dashboard_seed.check_alert_panels(results)
+    dashboard_seed.check_ota_panels(results, NOW)
 
 
 def test_every_panel_on_plain_postgresql(database_url: str) -> None:
