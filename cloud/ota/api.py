@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from fastapi import APIRouter, HTTPException, status
@@ -19,6 +19,7 @@ from cloud.ota.artifacts import ReleaseRefused, artifact_dir, list_releases
 from cloud.ota.rollout import RolloutPlan
 from contract.signing import TrustedKey, TrustStore
 
+RolloutAction = Literal["pause", "resume", "cancel", "cancel-force", "rollback"]
 router = APIRouter(prefix="/ota", tags=["ota"], responses=AUTH_ERRORS)
 
 
@@ -92,7 +93,7 @@ async def progress(rollout_id: int, conn: Conn, _: Viewer) -> dict[str, Any]:
     summary="pause | resume | cancel | cancel-force | rollback",
     responses=problems(400, 404, 409),
 )
-async def act(rollout_id: int, action: str, conn: Conn, _: Operator) -> dict[str, Any]:
+async def act(rollout_id: int, action: RolloutAction, conn: Conn, _: Operator) -> dict[str, Any]:
     try:
         if action == "pause":
             await store.pause(conn, rollout_id)

@@ -1,7 +1,7 @@
 """`microfleet ota ...`: releases, rollouts and their progress (counts per state per wave).
 
 Environment: MICROFLEET_DATABASE_URL, MICROFLEET_ARTIFACT_DIR (artifact store),
-MICROFLEET_OTA_SIGNING_KEY (Ed25519 PEM from `microfleet keys generate`), MICROFLEET_OTA_TRUSTED_KEYS (the
+MICROFLEET_SIGNING_KEY_FILE (Ed25519 PEM from `microfleet keys generate`), MICROFLEET_OTA_TRUSTED_KEYS (the
 JSON list of TrustedKey devices trust; a rollout is refused unless its manifest verifies with it).
 `microfleet ota serve` runs the OTA service (MQTT + rollouts); artifacts are served by the API app.
 """
@@ -102,7 +102,7 @@ def release_add(
     from cloud.ota.artifacts import add_release, artifact_dir
     from contract.signing import SigningKey
 
-    key = SigningKey.from_pem(Path(_env("MICROFLEET_OTA_SIGNING_KEY")).read_bytes())
+    key = SigningKey.from_pem(Path(_env("MICROFLEET_SIGNING_KEY_FILE")).read_bytes())
     rel = _run(
         lambda conn: add_release(
             conn,
@@ -212,7 +212,7 @@ def status(rollout_id: int) -> None:
 
 @app.command()
 def serve(artifact_base_url: Annotated[str, typer.Option(envvar="MICROFLEET_ARTIFACT_BASE_URL")]) -> None:
-    """Run the OTA service: consume reports, apply rollout decisions, publish jobs."""
+    """Run the OTA service: read device reports (stored by ingest), apply rollout decisions, publish jobs."""
     from cloud.config import CloudConfig
     from cloud.ota.service import OtaService, OtaServiceConfig
 

@@ -15,11 +15,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
-CONFIG_FILES = (
-    ROOT / "cloud" / "config.py",
-    ROOT / "cloud" / "alerts" / "config.py",
-    ROOT / "edge" / "config.py",
-    ROOT / "simulators" / "cli.py",
+# every place the code reads its configuration from the environment
+CONFIG_FILES = tuple(
+    path
+    for package in ("cloud", "edge", "simulators", "cli")
+    for path in sorted((ROOT / package).rglob("*.py"))
 )
 
 
