@@ -204,3 +204,47 @@ def wait_until(predicate: object, timeout: float, interval: float = 0.05, what: 
 
 def chunks(seq: Sequence[Message], n: int) -> list[Sequence[Message]]:
     return [seq[i : i + n] for i in range(0, len(seq), n)]
+
+
+class IngestProcess:
+    """`python -m cloud.ingest` as a child process (stable consumer id), its log read by a thread.
+
+    The benchmarks and the crash tests run the real consumer this way, so that it can be killed."""
+
+    def __init__(self, mqtt_url: str, dsn: str, consumer_id: str, **env: str) -> None:
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        environ = {**os.environ, "MICROFLEET_DATABASE_URL": dsn, "MICROFLEET_MQTT_URL": mqtt_url, **env}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cloud.ingest", "--consumer-id", consumer_id, "--no-housekeeping"],
+            cwd=Path(__file__).resolve().parents[1],
+            env=environ,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.log: list[str] = []
+        self._reader = threading.Thread(target=self._read, name=f"log:{consumer_id}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def subscribed(self) -> bool:
+        return any(" subscribed to " in line for line in self.log)
+
+    def wait_subscribed(self, timeout_s: float = 30.0) -> None:
+        wait_until(self.subscribed, timeout_s, what="consumer subscribed")
+
+    def signal(self, signum: int) -> int:
+        """Send `signum` (if still running); wait for the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        code = self.proc.wait(30)
+        self._reader.join(5)
+        return code

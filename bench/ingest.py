@@ -22,7 +22,6 @@ import multiprocessing as mp
 import os
 import platform
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -38,7 +37,7 @@ import psycopg  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench._common import Message, Publisher, fleet_traffic, wait_until  # noqa: E402
+from bench._common import IngestProcess, Message, Publisher, fleet_traffic, wait_until  # noqa: E402
 from cloud.db.migrate import migrate  # noqa: E402
 from cloud.ingest.batcher import Batch, Batcher  # noqa: E402
 from cloud.ingest.tables import SAMPLES  # noqa: E402
@@ -161,40 +160,11 @@ def counts(dsn: str) -> dict[str, int]:
         return {t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in TABLES[:5]}  # type: ignore[index]
 
 
-class ConsumerProc:
-    def __init__(self, broker: Mosquitto, dsn: str, consumer_id: str) -> None:
-        env = {**os.environ, "MICROFLEET_DATABASE_URL": dsn, "MICROFLEET_MQTT_URL": broker.url}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloud.ingest", "--consumer-id", consumer_id, "--no-housekeeping"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def subscribed(self) -> bool:
-        return any(" subscribed to " in line for line in self.lines)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(30)
-        self.reader.join(5)
-
-
 def e2e_rate(
     broker: Mosquitto, dsn: str, messages: list[Message], consumers: int, expected_samples: int
 ) -> dict[str, float]:
     truncate(dsn)
-    procs = [ConsumerProc(broker, dsn, f"bench-ingest-{i}") for i in range(1, consumers + 1)]
+    procs = [IngestProcess(broker.url, dsn, f"bench-ingest-{i}") for i in range(1, consumers + 1)]
     try:
         for p in procs:
             wait_until(p.subscribed, 30, what="consumer subscribed")
@@ -212,7 +182,7 @@ def e2e_rate(
         child.join(30)
     finally:
         for p in procs:
-            p.stop()
+            p.signal(signal.SIGTERM)
     c = counts(dsn)
     return {
         "messages_per_s": c["uplink_log"] / elapsed,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import TypeVar
 
 import msgspec
 
@@ -21,6 +22,7 @@ from contract.topics import Downlink, parse_downlink, parse_uplink
 MAX_PAYLOAD_BYTES = 64 * 1024
 SUPPORTED_VERSIONS = frozenset({SCHEMA_VERSION})
 
+M = TypeVar("M", bound="UplinkMessage | DownlinkMessage")
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[UplinkMessage] = msgspec.json.Decoder(UplinkMessage)
 
@@ -51,6 +53,20 @@ def _schema_error(payload: bytes, exc: msgspec.ValidationError) -> ContractError
     return ContractError(Reason.SCHEMA, str(exc))
 
 
+def _strict_decode(decoder: msgspec.json.Decoder[M], payload: bytes) -> M:
+    """JSON -> frozen message, or ContractError: not JSON, schema, out of range, unknown version."""
+    try:
+        message = decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise _schema_error(payload, exc) from None
+    except msgspec.DecodeError as exc:
+        raise ContractError(Reason.NOT_JSON, str(exc)) from None
+    version = message.schema_version
+    if version not in SUPPORTED_VERSIONS:
+        raise ContractError(Reason.UNKNOWN_VERSION, f"schema_version {version} is not supported")
+    return message
+
+
 def decode_uplink(
     topic: str, payload: bytes, now: datetime, *, max_bytes: int = MAX_PAYLOAD_BYTES
 ) -> UplinkMessage:
@@ -58,16 +74,7 @@ def decode_uplink(
     if len(payload) > max_bytes:
         raise ContractError(Reason.OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
     parsed = parse_uplink(topic)
-    try:
-        message = _decoder.decode(payload)
-    except msgspec.ValidationError as exc:
-        raise _schema_error(payload, exc) from None
-    except msgspec.DecodeError as exc:
-        raise ContractError(Reason.NOT_JSON, str(exc)) from None
-    if message.schema_version not in SUPPORTED_VERSIONS:
-        raise ContractError(
-            Reason.UNKNOWN_VERSION, f"schema_version {message.schema_version} is not supported"
-        )
+    message = _strict_decode(_decoder, payload)
     if kind_of(message) is not parsed.kind:
         raise ContractError(Reason.TOPIC_MISMATCH, f"body kind {kind_of(message).value!r} on topic {topic!r}")
     if message.device_id != parsed.device_id:
@@ -97,16 +104,7 @@ def decode_downlink(topic: str, payload: bytes, *, max_bytes: int = MAX_PAYLOAD_
     expected = _DOWNLINK_KIND.get(kind)
     if expected is None:
         raise ContractError(Reason.TOPIC_MISMATCH, f"{kind.value!r} is not a notice or gate topic")
-    try:
-        message = _downlink_decoder.decode(payload)
-    except msgspec.ValidationError as exc:
-        raise _schema_error(payload, exc) from None
-    except msgspec.DecodeError as exc:
-        raise ContractError(Reason.NOT_JSON, str(exc)) from None
-    if message.schema_version not in SUPPORTED_VERSIONS:
-        raise ContractError(
-            Reason.UNKNOWN_VERSION, f"schema_version {message.schema_version} is not supported"
-        )
+    message = _strict_decode(_downlink_decoder, payload)
     if not isinstance(message, expected):
         raise ContractError(Reason.TOPIC_MISMATCH, f"body is a {type(message).__name__} on {topic!r}")
     if message.device_id != device_id:

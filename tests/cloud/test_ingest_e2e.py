@@ -3,11 +3,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -17,7 +13,7 @@ import msgspec
 import psycopg
 import pytest
 
-from bench._common import Publisher, Traffic, fleet_traffic, to_wire, wait_until
+from bench._common import IngestProcess, Publisher, Traffic, fleet_traffic, to_wire, wait_until
 from cloud.config import CloudConfig
 from cloud.db.migrate import migrate
 from cloud.ingest.service import IngestService
@@ -108,48 +104,14 @@ def test_every_message_stored_exactly_once(broker: Mosquitto, dsn: str) -> None:
     assert count(dsn, "quarantine") == 0
 
 
-class ConsumerProcess:
-    """`python -m cloud.ingest` as a child process; its log is collected by a reader thread."""
-
-    def __init__(self, broker: Mosquitto, dsn: str, consumer_id: str) -> None:
-        env = {**os.environ, "MICROFLEET_DATABASE_URL": dsn, "MICROFLEET_MQTT_URL": broker.url}
-        env["MICROFLEET_BATCH_MAX_MESSAGES"] = "200"  # many small transactions: a kill lands between them
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloud.ingest", "--consumer-id", consumer_id, "--no-housekeeping"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.log: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
-
-    def wait_subscribed(self) -> None:
-        wait_until(
-            lambda: any(" subscribed to " in line for line in self.log), 20, what="consumer subscribed"
-        )
-
-    def signal(self, signum: int) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
-        code = self.proc.wait(20)
-        self._reader.join(5)
-        return code
-
-
 def test_consumer_killed_with_sigkill_mid_stream_then_restarted_stores_exactly_once(
     broker: Mosquitto, dsn: str
 ) -> None:
     traffic = fleet_traffic(60, 4, batches=5, samples_per_batch=10)
     half = len(traffic.messages) // 2
-    proc = ConsumerProcess(broker, dsn, "ingest-k1")
+    proc = IngestProcess(
+        broker.url, dsn, "ingest-k1", MICROFLEET_BATCH_MAX_MESSAGES="200"
+    )  # small batches: a kill lands between transactions
     try:
         proc.wait_subscribed()
         with publisher(broker) as pub:
@@ -159,7 +121,7 @@ def test_consumer_killed_with_sigkill_mid_stream_then_restarted_stores_exactly_o
             stored_at_kill = count(dsn, "uplink_log")
             assert stored_at_kill < traffic.uplinks, "the kill was not mid-stream"
             pub.publish_all(traffic.messages[half:])  # while no consumer runs: the session queues them
-        proc = ConsumerProcess(broker, dsn, "ingest-k1")
+        proc = IngestProcess(broker.url, dsn, "ingest-k1", MICROFLEET_BATCH_MAX_MESSAGES="200")
         wait_until(lambda: count(dsn, "uplink_log") >= traffic.uplinks, 60, what="all messages stored")
     finally:
         code = proc.signal(signal.SIGTERM)
