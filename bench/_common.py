@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from contract import topics
 from contract.codec import encode
@@ -166,7 +167,7 @@ class Publisher:
 
     def __init__(self, url: str, client_id: str = "bench-pub", inflight: int = 1000) -> None:
         addr = parse_mqtt_url(url)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         self.client.max_inflight_messages_set(inflight)
         self.client.max_queued_messages_set(0)
         self._connected = threading.Event()

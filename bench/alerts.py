@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import paho.mqtt.client as mqtt  # noqa: E402
 import psycopg  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from bench._common import Message, Publisher, fleet_traffic, to_wire, wait_until  # noqa: E402
 from cloud.db.migrate import migrate  # noqa: E402
@@ -55,10 +56,12 @@ def publish_paced(
     url: str, background: list[Message], rate: float, seconds: float, every: float, out: Any
 ) -> None:
     """Child process: `rate` msgs/s held against the clock (a late tick catches up, so the offered rate is
-    the rate asked for unless this process runs out of CPU), a trigger every `every` s; reports the
-    trigger times and how long publishing took."""
+    the rate asked for unless this process runs out of CPU), a trigger every `every` s. Reports the
+    trigger times, how many messages the broker acknowledged, and when the last acknowledgement came
+    (the achieved rate: a message paho still queues when the run ends is not counted as published)."""
     pub = Publisher(url, "bench-alerts-pub", inflight=2000)
     sent: dict[str, float] = {}
+    infos: list[mqtt.MQTTMessageInfo] = []
     tick = 0.005
     t0, n, i, next_trigger = time.perf_counter(), 0, 0, 0.0
     while n < len(background) and time.perf_counter() - t0 < seconds:
@@ -66,17 +69,19 @@ def publish_paced(
         if elapsed >= next_trigger:
             topic, payload = trigger(i, datetime.now(UTC))
             sent[f"trig-{i}"] = time.time()
-            pub.client.publish(topic, payload, qos=1)
+            infos.append(pub.client.publish(topic, payload, qos=1))
             i, next_trigger = i + 1, next_trigger + every
         due = min(len(background), int(rate * elapsed))
-        for topic, payload in background[n:due]:
-            pub.client.publish(topic, payload, qos=1)
+        infos += [pub.client.publish(topic, payload, qos=1) for topic, payload in background[n:due]]
         n = max(n, due)
         sleep = t0 + (elapsed // tick + 1) * tick - time.perf_counter()
         if sleep > 0:
             time.sleep(sleep)
-    out.put({"sent": sent, "background": n, "publish_s": time.perf_counter() - t0})
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60
+    for info in infos:
+        info.wait_for_publish(max(0.01, deadline - time.monotonic()))
+    acked = sum(1 for info in infos if info.is_published())
+    out.put({"sent": sent, "background": n, "acked": acked, "publish_s": time.perf_counter() - t0})
     pub.close()
 
 
@@ -137,6 +142,7 @@ def main() -> None:
     broker.start()
     notices: dict[str, float] = {}
     committed: dict[str, float] = {}
+    procs: list[Proc] = []
     try:
         with scratch_database("mf_bench_alerts") as dsn:
             migrate(dsn)
@@ -151,19 +157,22 @@ def main() -> None:
                 Proc(["cloud.alerts", "run", "--no-gate", "--consumer-id", f"bench-alerts-{k}"], env)
                 for k in range(a.engines)
             ]
+            procs += [ingest, *engines]
             wait_until(
                 lambda: ingest.subscribed() and all(e.subscribed() for e in engines),
                 30,
                 what="consumers subscribed",
             )
 
-            sub = mqtt.Client(
-                mqtt.CallbackAPIVersion.VERSION2, client_id="bench-device", protocol=mqtt.MQTTv5
-            )
+            sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-device", protocol=mqtt.MQTTv5)
             ready = threading.Event()
             sub.on_subscribe = lambda *_a: ready.set()
             sub.on_connect = lambda c, *_a: c.subscribe(topics.PREFIX + "/+/down/notice", qos=1)
-            sub.on_message = lambda _c, _u, m: notices.setdefault(m.topic.split("/")[2], time.time())
+
+            def on_notice(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+                notices.setdefault(m.topic.split("/")[2], time.time())
+
+            sub.on_message = on_notice
             sub.connect("127.0.0.1", broker.port)
             sub.loop_start()
             assert ready.wait(10)
@@ -189,6 +198,11 @@ def main() -> None:
             child.start()
             report = q.get(timeout=a.seconds + 120)
             sent, total = report["sent"], report["background"] + len(report["sent"])
+            if report["acked"] < total:
+                raise SystemExit(
+                    f"the broker acknowledged {report['acked']} of {total} messages within 60 s: the "
+                    "publisher could not keep up (is the machine busy?); nothing to measure"
+                )
             with psycopg.connect(dsn, autocommit=True) as conn, logs_on_failure(ingest, *engines):
 
                 def count(sql: str) -> int:
@@ -225,10 +239,15 @@ def main() -> None:
             for e in engines:
                 e.stop()
     finally:
+        for p in procs:  # on a failure too: no consumer outlives the benchmark
+            if p.proc.poll() is None:
+                p.proc.kill()
+                p.proc.wait(10)
         broker.close()
     commit_ms = [1000 * (committed[d] - s) for d, s in sent.items() if d in committed]
     notice_ms = [1000 * (notices[d] - s) for d, s in sent.items() if d in notices]
     result = {
+        "offered_rate_msgs": a.rate,
         "rate_msgs": round(total / report["publish_s"], 1),
         "ingest_rate_msgs": round(total / ingest_s, 1),
         "alerts_rate_msgs": round(total / alerts_s, 1),

@@ -40,27 +40,28 @@ from cloud.alerts.store import (
 
 Key = tuple[str, str]  # (device_id, session_id)
 
+IN_IDS = "any(array(select jsonb_array_elements_text(%s::jsonb)))"  # the batch's device ids, as json
 LOCK = (
     "insert into alert_devices (device_id, first_seen) "
-    "select d, f from unnest(%s::text[], %s::timestamptz[]) as u(d, f) order by d "
+    "select d, f from jsonb_to_recordset(%s::jsonb) as u(d text, f timestamptz) order by d "
     "on conflict (device_id) do update set first_seen = least(alert_devices.first_seen, excluded.first_seen) "
     "returning device_id, first_seen"
 )
 OPEN = (
     "select device_id, rule_id, episode_key, severity::text from alerts "
-    "where device_id = any(%s) and state <> 'resolved'"
+    f"where device_id = {IN_IDS} and state <> 'resolved'"
 )
-MODELS = "select device_id, model from devices where device_id = any(%s)"
+MODELS = f"select device_id, model from devices where device_id = {IN_IDS}"
 STATES = (
     "select s.device_id, s.session_id, s.tz_offset_min, s.state::text, s.events::text "
-    "from alert_session_state s join unnest(%s::text[], %s::text[]) as k(d, s) "
+    "from alert_session_state s join jsonb_to_recordset(%s::jsonb) as k(d text, s text) "
     "on s.device_id = k.d and s.session_id = k.s"
 )
 ENDED = (
     "select h.device_id, h.session_id from alert_history h "
-    "join unnest(%s::text[], %s::text[]) as k(d, s) on h.device_id = k.d and h.session_id = k.s"
+    "join jsonb_to_recordset(%s::jsonb) as k(d text, s text) on h.device_id = k.d and h.session_id = k.s"
 )
-HISTORY = "select device_id, record::text from alert_history where device_id = any(%s) and started_at >= %s"
+HISTORY = f"select device_id, record::text from alert_history where device_id = {IN_IDS} and started_at >= %s"
 # The rows of the two big writes travel as ONE json document (encoded in C by msgspec, nested states
 # included) rather than as jsonb[] arrays: psycopg escapes every array element in Python, which was a
 # quarter of the engine thread's time in the profile.
@@ -104,16 +105,19 @@ def load(
 ) -> Loaded:
     """Lock the batch's devices and read their state: one pipelined round trip (plus BEGIN)."""
     ids = sorted(firsts)
-    ks = sorted(set(keys))
-    kd, kss = [k[0] for k in ks], [k[1] for k in ks]
+    ks = js([{"d": d, "s": s} for d, s in sorted(set(keys))]) if keys else None
+    ids_array = js(ids)  # json, not a list: psycopg escapes list items one by one (seen in the profile)
     with conn.pipeline():  # statements run in order: the locks are taken before any state is read
-        c_lock = conn.execute(LOCK, (ids, [firsts[d] for d in ids]))
-        c_open = conn.execute(OPEN, (ids,))
-        c_prof = conn.execute(PROFILE_SELECT + " where p.device_id = any(%s)", (ids,))
-        c_model = conn.execute(MODELS, (ids,))
-        c_live = conn.execute(STATES, (kd, kss)) if ks else None
-        c_done = conn.execute(ENDED, (kd, kss)) if ks else None
-        c_hist = conn.execute(HISTORY, (ending, since)) if ending else None
+        c_lock = conn.execute(LOCK, (js([{"d": d, "f": firsts[d]} for d in ids]),))
+        c_open = conn.execute(OPEN, (ids_array,))
+        c_prof = conn.execute(
+            PROFILE_SELECT + f" where p.device_id = {IN_IDS}",
+            (ids_array,),
+        )
+        c_model = conn.execute(MODELS, (ids_array,))
+        c_live = conn.execute(STATES, (ks,)) if ks else None
+        c_done = conn.execute(ENDED, (ks,)) if ks else None
+        c_hist = conn.execute(HISTORY, (js(ending), since)) if ending else None
     opened: dict[str, OpenMap] = {}
     for dev, rule, key, sev in c_open.fetchall():
         opened.setdefault(dev, {})[(RuleId(rule), key)] = SEVERITY_OF[sev]

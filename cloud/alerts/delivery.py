@@ -31,9 +31,10 @@ BATCH = 200
 PUBACK_TIMEOUT_S = 10.0
 
 DUE_NOTICES = """
+-- the most severe first: a critical notice never waits behind a storm of warnings
 select id, notice_id, device_id, severity::text, rule_id, text, expires_at from notice_outbox
 where sent_at is null and release_at <= %(now)s and (expires_at is null or expires_at > %(now)s)
-order by release_at, id limit %(limit)s for update skip locked
+order by severity desc, release_at, id limit %(limit)s for update skip locked
 """
 DUE_GATES = """
 select device_id, blocked, reasons, text, version from safety_gates

@@ -89,30 +89,31 @@ def _o3(p: RuleParams, op: OpenAlerts, dev: str, d: date, day: list[SessionRecor
 def _o4(
     p: RuleParams, op: OpenAlerts, dev: str, rec: SessionRecord, sessions: tuple[SessionRecord, ...]
 ) -> list[AlertDecision]:
-    i = sessions.index(rec)
-    out: list[AlertDecision] = []
-    for before, after in (
-        (sessions[i - 1] if i else None, rec),
-        (rec, sessions[i + 1] if i + 1 < len(sessions) else None),
-    ):
-        if before is None or after is None or before.end_reason is not EndReason.AUTO_TIMER:
+    """A restart within the window after an auto-off, looked at from both sides of `rec` (a late auto-off
+    session still flags the restart after it). Every pair is considered, not just the neighbours in start
+    order: sessions that start at the same instant would otherwise make the result depend on arrival order."""
+    pairs = [(s, rec) for s in sessions if s is not rec] + [(rec, s) for s in sessions if s is not rec]
+    closest: dict[str, tuple[float, str, SessionRecord, SessionRecord]] = {}  # per restart: nearest auto-off
+    for before, after in pairs:
+        if before.end_reason is not EndReason.AUTO_TIMER:
             continue
         gap = (after.started_at - before.ended_at).total_seconds()
         if 0 <= gap < p.o4.restart_window_s:
-            ev: Ev = {
-                "auto_off_session": before.session_id,
-                "restart_session": after.session_id,
-                "gap_s": gap,
-            }
-            out += raise_unless_open(
-                op,
-                RuleId.O4,
-                Severity.WARNING,
-                dev,
-                after.session_id,
-                f"restarted {gap:.0f} s after the auto-off",
-                ev,
-            )
+            candidate = (gap, before.session_id, before, after)
+            if after.session_id not in closest or candidate[:2] < closest[after.session_id][:2]:
+                closest[after.session_id] = candidate
+    out: list[AlertDecision] = []
+    for gap, _, before, after in (closest[k] for k in sorted(closest)):
+        ev: Ev = {"auto_off_session": before.session_id, "restart_session": after.session_id, "gap_s": gap}
+        out += raise_unless_open(
+            op,
+            RuleId.O4,
+            Severity.WARNING,
+            dev,
+            after.session_id,
+            f"restarted {gap:.0f} s after the auto-off",
+            ev,
+        )
     return out
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud.alerts.config import AlertConfig
 from contract import topics
@@ -127,7 +128,7 @@ class FakeDevice:
         self.seq = 10_000
         host, port = url.removeprefix("mqtt://").split(":")
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-{device_id}", protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2, client_id=f"dev-{device_id}", protocol=mqtt.MQTTv5
         )
         self.client.on_message = self._on_message
         subscribed = threading.Event()
@@ -172,9 +173,7 @@ class FakeDevice:
 class Uplinks:
     def __init__(self, url: str) -> None:
         host, port = url.removeprefix("mqtt://").split(":")
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id="test-pub", protocol=mqtt.MQTTv5
-        )
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-pub", protocol=mqtt.MQTTv5)
         self.client.max_inflight_messages_set(1000)
         self.client.connect(host, int(port))
         self.client.loop_start()
