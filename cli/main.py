@@ -40,11 +40,13 @@ for module_name, attr, name in _SUBAPPS:
     else:
         app.add_typer(sub, name=name)
 
+from cli.compose_loadtest import compose_loadtest  # noqa: E402
 from cli.demo import demo  # noqa: E402 - the demo and the load test need every package: they live here
 from cli.loadtest import loadtest  # noqa: E402
 
 app.command()(demo)
 app.command("loadtest")(loadtest)
+app.command("compose-loadtest")(compose_loadtest)
 
 if __name__ == "__main__":
     app()

@@ -38,7 +38,7 @@ class Persona:
     creep_levels: int = 0  # the start level rises by this much ...
     creep_days: float = 21.0  # ... over this many days
     tries_up_then_down: float = 0.0  # probability per session of +1 then -1 within 10 s
-    spike_per_s: float = 0.001
+    spike_per_s: float = 0.0  # good gel: no impedance spikes (a spike is the dry-skin zap, DOMAIN T5)
     contact_loss_per_s: float = 0.002
     zones: tuple[Zone, ...] = FACE
     ua_scale: float = 1.0  # pro devices: more current per level

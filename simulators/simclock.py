@@ -60,6 +60,12 @@ class SimClock:
                 self.enter()
             raise
 
+    @property
+    def sleepers(self) -> int:
+        """How many user tasks wait for virtual time (a task that must not let the clock run before the
+        users are all asleep holds it with `enter()` and waits for this count)."""
+        return len(self._heap)
+
     # -- user task accounting ---------------------------------------------------------------------------
     def enter(self) -> None:
         """A user task starts running (call once, at its start)."""

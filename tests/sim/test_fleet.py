@@ -15,7 +15,7 @@ from simulators.scenario import Scenario
 from tests.edge.conftest import ThreadCollector
 from tests.support.services import Mosquitto
 
-FAST = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.3}
+FAST: dict[str, object] = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.3}
 
 
 def _scenario(devices: int, days: float = 3) -> Scenario:
