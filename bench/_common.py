@@ -212,7 +212,7 @@ class IngestProcess:
 
     The benchmarks and the crash tests run the real consumer this way, so that it can be killed."""
 
-    def __init__(self, mqtt_url: str, dsn: str, consumer_id: str, **env: str) -> None:
+    def __init__(self, mqtt_url: str, dsn: str, consumer_id: str, *args: str, **env: str) -> None:
         import os
         import subprocess
         import sys
@@ -220,7 +220,7 @@ class IngestProcess:
 
         environ = {**os.environ, "MICROFLEET_DATABASE_URL": dsn, "MICROFLEET_MQTT_URL": mqtt_url, **env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloud.ingest", "--consumer-id", consumer_id, "--no-housekeeping"],
+            [sys.executable, "-m", "cloud.ingest", "--consumer-id", consumer_id, "--no-housekeeping", *args],
             cwd=Path(__file__).resolve().parents[1],
             env=environ,
             stdout=subprocess.DEVNULL,

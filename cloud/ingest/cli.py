@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+from datetime import timedelta
 from typing import Annotated
 
 import typer
@@ -59,6 +60,10 @@ def ingest(
     housekeeping: Annotated[
         bool, typer.Option(help="Run partition maintenance and rollups periodically.")
     ] = True,
+    late_horizon_days: Annotated[
+        float | None,
+        typer.Option(help="Quarantine data older than this as too_late (default: from storage_policy)."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Consume device uplinks from the broker (MQTT 5 shared subscription) into the database.
@@ -82,7 +87,13 @@ def ingest(
     if consumer_id is not None:
         overrides["consumer_id"] = consumer_id
     config = CloudConfig.from_env(os.environ, **overrides)
-    IngestService(config, strategy="copy" if strategy == "copy" else "stage", housekeeping=housekeeping).run()
+    horizon = timedelta(days=late_horizon_days) if late_horizon_days is not None else None
+    IngestService(
+        config,
+        strategy="copy" if strategy == "copy" else "stage",
+        housekeeping=housekeeping,
+        late_horizon=horizon,
+    ).run()
 
 
 def main() -> None:

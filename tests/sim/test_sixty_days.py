@@ -11,7 +11,7 @@ evaluated with the `now` it would have had in production, within its own local d
 days at the real now instead models one huge late upload (tried: no lapsed user's O5, no newbie's T4,
 and an O5 on every user for the "maintenance phase" of day 60). Ingest keeps the real clock; its late
 horizon is widened to 90 days so that 60-day-old data is stored, not quarantined. It runs in a child
-process (tests/sim/ingest_process.py): in this one the agents and the engine already share the GIL.
+process (bench/_common.py IngestProcess): in this one the agents and the engine already share the GIL.
 
 Which devices. A persona must raise each of its rules on EVERY one of its devices, not just on one: 60
 days give each user 21 to 150 sessions, ample for every rule, so a device that misses a rule means a
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from bench._common import IngestProcess
 from cli.loadtest import missing_alerts, raised_alerts
 from cloud.alerts.service import AlertService
 from cloud.db.migrate import migrate
@@ -44,7 +46,6 @@ from simulators.persona import PERSONAS, Persona
 from simulators.scenario import Scenario
 from simulators.simclock import SimClock
 from tests.cloud.test_alerts_engine_support import engine_config
-from tests.sim.ingest_process import IngestProcess
 from tests.support.services import Mosquitto
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]  # ~75 s here; the default 120 s is tight
@@ -89,12 +90,12 @@ def personas() -> dict[str, Persona]:
 @pytest.fixture
 def ingest(broker: Mosquitto, database_url: str) -> Iterator[IngestProcess]:
     migrate(database_url)
-    proc = IngestProcess(database_url, broker.url, "sixty-ingest", late_horizon_days=90)
+    proc = IngestProcess(broker.url, database_url, "sixty-ingest", "--late-horizon-days", "90")
     try:
-        proc.wait_ready()
+        proc.wait_subscribed()
         yield proc
     finally:
-        assert proc.stop() == 0, "the ingest process did not stop cleanly"
+        assert proc.signal(signal.SIGTERM) == 0, "the ingest process did not stop cleanly"
 
 
 def scalar(conn: psycopg.Connection[Any], sql: str) -> int:
