@@ -81,6 +81,7 @@ class Agent:
         self._last_overflow_event: float | None = None
         self._handlers: dict[str, DownlinkHandler] = {}
         self._display = display
+        self._powered_off = False
         self._board: NoticeBoard | None = None
         self._output = output  # the output stage the protocol caps limit (edge/safety.py)
         self._protocols: ProtocolRuntime | None = None
@@ -143,6 +144,16 @@ class Agent:
                 self._outbox.close()
             self._outbox = self._link = self._tg = self._link_task = None
             self._ota = self._ota_task = None
+
+    async def power_off(self) -> None:
+        """A power cut, for fault injection: the connection drops without a goodbye (the broker sends the
+        last will), every task stops where it is, and only what the outbox and the boot record had
+        committed survives. Start a new Agent on the same data folder to "power on" again."""
+        self._powered_off = True  # nothing the dying tasks try to record reaches the outbox
+        if self._link is not None:
+            self._link.abort()
+        self._link = None  # no offline status from __aexit__: the device is dead, not shutting down
+        await self.__aexit__(None, None, None)
 
     @property
     def outbox(self) -> Outbox:
@@ -276,6 +287,8 @@ class Agent:
             self.end_session(EndReason.SAFETY_LIMIT)
 
     def _store(self, messages: list[UplinkMessage]) -> None:
+        if self._powered_off:
+            return
         outbox = self.outbox
         for message in messages:
             topic = uplink(self.config.device_id, kind_of(message))

@@ -25,8 +25,10 @@ a misconfigured ACL delays data, it never deletes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -168,6 +170,14 @@ class Link:
     async def _await_rebirth(self) -> None:
         await self._rebirth.wait()
         raise aiomqtt.MqttError("reconnecting to announce a new birth status")
+
+    def abort(self) -> None:
+        """Drop the connection as a power cut would: no DISCONNECT, so the broker publishes the last will."""
+        client = self._client
+        sock = client._client.socket() if client is not None else None  # paho's socket under aiomqtt
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     async def close(self) -> None:
         """Publish the offline status on a clean shutdown (best effort, bounded). Then cancel run()."""

@@ -9,7 +9,8 @@
 - `corrupt(payload, rng)`: a payload the cloud must quarantine (truncated, bit-flipped, not JSON,
   wrong schema); `publish_raw(url, messages)`: raw bytes on the wire, for corrupt payloads and for
   duplicated and reordered deliveries (`duplicate_and_reorder`);
-- `power_loss_mid_ota`: the hook the OTA work (issue 4) fills: kill the agent mid-download.
+- `power_loss_mid_ota(agent, job_id, stage=...)`: cut the device's power (`Agent.power_off`: no goodbye,
+  the broker sends the last will) when a firmware job reaches a stage.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Protocol
 import aiomqtt
 
 from contract.mqtturl import parse_mqtt_url
+from edge.app import Agent
 
 
 class FlakyPath:
@@ -159,15 +161,20 @@ async def publish_raw(url: str, messages: Iterable[tuple[str, bytes]], *, client
     return n
 
 
-async def power_loss_mid_ota(agent: object, *, at_fraction: float = 0.5) -> None:
-    """HOOK for issue 4 (OTA): cut the power of `agent` when its download reaches `at_fraction`: cancel
-    the agent's tasks without a clean shutdown (no offline status, no outbox close), then start a new
-    Agent on the same data dir and check that the A/B slot it boots is the old, valid one.
-
-    The OTA client (edge/ota/) does not exist yet, so there is no download progress to wait on."""
-    raise NotImplementedError(
-        "power loss mid-OTA needs the OTA client's download progress (edge/ota, issue 4): fill this hook"
-    )
+async def power_loss_mid_ota(
+    agent: Agent, job_id: str, *, stage: str = "downloading", timeout_s: float = 30.0
+) -> str:
+    """Cut `agent`'s power once its firmware job `job_id` reaches `stage` (downloading, verifying,
+    installing, ...), as recorded in its data folder. Returns the stage it died in. Power it on again with a
+    new Agent on the same config: the OTA client resumes the download or rolls back the install, and
+    must end on a good firmware that it reports truthfully."""
+    ota = agent.ota
+    async with asyncio.timeout(timeout_s):
+        while ota.slots.stage(job_id) != stage:  # noqa: ASYNC110 - the client writes it to disk
+            await asyncio.sleep(0.005)
+    died_in = ota.slots.stage(job_id) or ""
+    await agent.power_off()
+    return died_in
 
 
 def flap_schedule(rng: random.Random, days: float, per_day: float) -> list[float]:
