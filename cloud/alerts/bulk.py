@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cloud.alerts import effects
+from cloud.alerts import effects, store
 from cloud.alerts.config import AlertConfig
 from cloud.alerts.decision import Action, AlertDecision
 from cloud.alerts.inputs import DeviceProfile, SessionRecord
@@ -167,24 +167,17 @@ class Pending:
         self.drops += other.drops
 
 
-RAISE_MANY = """
+RAISE_MANY = (
+    """
 insert into alerts as a (device_id, rule_id, episode_key, severity, state, blocking, count, first_seen,
                          last_seen, message, notice_text, evidence)
 select u.dev, u.rule, u.key, u.sev::alert_severity, 'open', u.blocking, 1, %(now)s, %(now)s, u.message,
        u.notice, u.evidence
 from jsonb_to_recordset(%(rows)s::jsonb) as u(dev text, rule text, key text, sev text, blocking bool,
-                                              message text, notice text, evidence jsonb)
-on conflict (device_id, rule_id, episode_key) where state <> 'resolved' do update set
-    count = a.count + 1,
-    last_seen = greatest(a.last_seen, excluded.last_seen),
-    severity = greatest(a.severity, excluded.severity),
-    blocking = a.blocking or excluded.blocking,
-    message = case when excluded.severity > a.severity then excluded.message else a.message end,
-    evidence = case when excluded.severity >= a.severity then excluded.evidence else a.evidence end,
-    state = case when excluded.severity > a.severity and a.state in ('acknowledged', 'snoozed')
-                 then 'open' else a.state end
-returning a.device_id, a.rule_id, a.episode_key, a.id, (a.xmax = 0), a.severity::text, a.state
-"""
+                                              message text, notice text, evidence jsonb)"""
+    + store.MERGE_OPEN_ALERT
+    + "returning a.device_id, a.rule_id, a.episode_key, a.id, (a.xmax = 0), a.severity::text, a.state\n"
+)
 CLEAR_MANY = """
 update alerts a set state = 'resolved', resolved_at = %(now)s, resolved_by = 'rule', resolution = old.message,
        last_seen = greatest(a.last_seen, %(now)s)

@@ -21,6 +21,7 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud.alerts.config import AlertConfig
+from cloud.alerts.worker import OutboxWorker
 from contract import topics
 from contract.codec import encode
 from contract.messages import Notice, SafetyGate, Severity
@@ -83,43 +84,14 @@ class Publisher:
         return out
 
 
-class DeliveryWorker:
+class DeliveryWorker(OutboxWorker):
+    name = "delivery"
+
     def __init__(self, cfg: AlertConfig, publisher: Publisher, clock: Callable[[], datetime]) -> None:
+        super().__init__(cfg.database_url, cfg.timer_s, PUBACK_TIMEOUT_S + 5)
         self.cfg, self.publisher, self.clock = cfg, publisher, clock
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="alerts-delivery", daemon=True)
         self.sent_notices = 0
         self.sent_gates = 0
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=PUBACK_TIMEOUT_S + 5)
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def _run(self) -> None:
-        conn: psycopg.Connection[Any] | None = None
-        while not self._stop.is_set():
-            self._wake.wait(self.cfg.timer_s)
-            self._wake.clear()
-            try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(self.cfg.database_url, connect_timeout=5)
-                while self.round(conn) and not self._stop.is_set():
-                    pass
-            except psycopg.Error as exc:
-                log.warning("delivery round failed (%s); retrying in %.1f s", exc, self.cfg.timer_s)
-                if conn is not None:
-                    conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
 
     def round(self, conn: psycopg.Connection[Any]) -> bool:
         """One claim-publish-mark round; True if a full batch was found (more may be due)."""

@@ -130,11 +130,9 @@ class Applied:
     previous_state: str | None
 
 
-UPSERT = """
-insert into alerts as a (device_id, rule_id, episode_key, severity, state, blocking, count, first_seen,
-                         last_seen, message, notice_text, evidence)
-values (%(dev)s, %(rule)s, %(key)s, %(sev)s::alert_severity, 'open', %(blocking)s, 1, %(now)s, %(now)s,
-        %(message)s, %(notice)s, %(evidence)s::jsonb)
+# One open alert per device, rule and episode (the partial unique index): a repeat merges into it, a rise
+# in severity reopens an acknowledged or snoozed one. Shared by the single and the set-based upserts.
+MERGE_OPEN_ALERT = """
 on conflict (device_id, rule_id, episode_key) where state <> 'resolved' do update set
     count = a.count + 1,
     last_seen = greatest(a.last_seen, excluded.last_seen),
@@ -144,8 +142,16 @@ on conflict (device_id, rule_id, episode_key) where state <> 'resolved' do updat
     evidence = case when excluded.severity >= a.severity then excluded.evidence else a.evidence end,
     state = case when excluded.severity > a.severity and a.state in ('acknowledged', 'snoozed')
                  then 'open' else a.state end
-returning id, (xmax = 0) as inserted, severity::text, state
 """
+UPSERT = (
+    """
+insert into alerts as a (device_id, rule_id, episode_key, severity, state, blocking, count, first_seen,
+                         last_seen, message, notice_text, evidence)
+values (%(dev)s, %(rule)s, %(key)s, %(sev)s::alert_severity, 'open', %(blocking)s, 1, %(now)s, %(now)s,
+        %(message)s, %(notice)s, %(evidence)s::jsonb)"""
+    + MERGE_OPEN_ALERT
+    + "returning id, (xmax = 0) as inserted, severity::text, state\n"
+)
 CLEAR = """
 update alerts a set state = 'resolved', resolved_at = %(now)s, resolved_by = 'rule', resolution = %(message)s,
        last_seen = greatest(a.last_seen, %(now)s)

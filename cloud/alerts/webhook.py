@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +20,7 @@ import httpx
 import psycopg
 
 from cloud.alerts.config import AlertConfig
+from cloud.alerts.worker import OutboxWorker
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=60)
@@ -45,7 +45,10 @@ returning w.id, w.attempts, w.payload::text
 """
 
 
-class WebhookWorker:
+class WebhookWorker(OutboxWorker):
+    name = "webhook"
+    autocommit = True
+
     def __init__(
         self,
         cfg: AlertConfig,
@@ -53,42 +56,14 @@ class WebhookWorker:
         client: httpx.Client | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
+        super().__init__(cfg.database_url, cfg.timer_s, cfg.webhook_timeout_s + 5)
         self.cfg, self.clock, self.rand = cfg, clock, rand
         self.http = client or httpx.Client(timeout=cfg.webhook_timeout_s)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="alerts-webhook", daemon=True)
         self.delivered = 0
 
-    def start(self) -> None:
-        self._thread.start()
-
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=self.cfg.webhook_timeout_s + 5)
+        super().stop()
         self.http.close()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def _run(self) -> None:
-        conn: psycopg.Connection[Any] | None = None
-        while not self._stop.is_set():
-            self._wake.wait(self.cfg.timer_s)
-            self._wake.clear()
-            try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(self.cfg.database_url, autocommit=True, connect_timeout=5)
-                while self.round(conn) and not self._stop.is_set():
-                    pass
-            except psycopg.Error as exc:
-                log.warning("webhook round failed (%s); retrying", exc)
-                if conn is not None:
-                    conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
 
     def round(self, conn: psycopg.Connection[Any]) -> bool:
         now = self.clock()
