@@ -38,14 +38,15 @@ def ingest(broker: Mosquitto, database_url: str) -> Iterator[IngestService]:
 
 
 def counts(dsn: str) -> dict[str, int]:
+    """All counts from ONE statement, so one snapshot: counted one by one under READ COMMITTED, a batch
+    committing in between would show its messages without its samples."""
     with psycopg.connect(dsn) as conn:
-        return {
-            **{
-                t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
-                for t in ("samples", "sessions", "quarantine")
-            },
-            "messages": conn.execute("SELECT count(*) FROM uplink_log WHERE kind <> 'status'").fetchone()[0],  # type: ignore[index]
-        }
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM samples), (SELECT count(*) FROM sessions),"
+            " (SELECT count(*) FROM quarantine), (SELECT count(*) FROM uplink_log WHERE kind <> 'status')"
+        ).fetchone()
+    assert row is not None
+    return dict(zip(("samples", "sessions", "quarantine", "messages"), row, strict=True))
 
 
 def wait_rows(dsn: str, table: str, n: int, timeout_s: float = 60.0) -> dict[str, int]:
