@@ -12,54 +12,31 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from contract.messages import OtaReport, OtaState, Status
+from contract.messages import OtaState, Status
 from contract.ota import OtaAction
 from contract.signing import SigningKey
-from tests.edge.conftest import Collector, fast_config
+from tests.edge.conftest import fast_config
 from tests.edge.test_ota_support import (
     Device,
     artifact_server,
+    final,
     install_job,
     make_release,
     publish_job,
+    reports,
+    running,
+    states,
     trust_file,
 )
 from tests.support.services import ROOT, Mosquitto
 
 KEY = SigningKey.generate()
-
-
-def reports(c: Collector) -> list[OtaReport]:
-    return [m for m in c.messages() if isinstance(m, OtaReport)]
-
-
-def states(c: Collector, job_id: str) -> list[OtaState]:
-    return [r.state for r in reports(c) if r.job_id == job_id]
-
-
-def final(c: Collector, job_id: str) -> Callable[[], bool]:
-    from contract.ota import TERMINAL
-
-    return lambda: any(s in TERMINAL for s in states(c, job_id))
-
-
-@contextlib.asynccontextmanager
-async def running(device: Device) -> AsyncIterator[Device]:
-    task = asyncio.create_task(device.run())
-    try:
-        async with asyncio.timeout(10):
-            await device.booted.wait()
-        yield device
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_update_succeeds_only_after_reboot_and_health_check(

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import hashlib
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,13 +22,15 @@ from fastapi import FastAPI
 from cli.localbroker import free_port, wait_port
 from cloud.ota.server import artifact_router
 from contract.codec import encode
+from contract.messages import OtaReport, OtaState
 from contract.mqtturl import parse_mqtt_url
-from contract.ota import FirmwareManifest, OtaAction, OtaJob
+from contract.ota import TERMINAL, FirmwareManifest, OtaAction, OtaJob
 from contract.signing import SignedDocument, SigningKey
 from contract.topics import Downlink, downlink
 from edge.app import Agent
 from edge.config import EdgeConfig
 from edge.ota.planner import OtaSettings
+from tests.edge.conftest import Collector
 
 FAST = OtaSettings(
     retry_min_s=0.05, retry_max_s=0.5, stall_timeout_s=1.0, connect_timeout_s=2.0, health_timeout_s=5.0
@@ -167,3 +169,28 @@ class Device:
                 self.booted.set()
                 await agent.restart_requested.wait()
             self.agent = None
+
+
+def reports(c: Collector) -> list[OtaReport]:
+    return [m for m in c.messages() if isinstance(m, OtaReport)]
+
+
+def states(c: Collector, job_id: str) -> list[OtaState]:
+    return [r.state for r in reports(c) if r.job_id == job_id]
+
+
+def final(c: Collector, job_id: str) -> Callable[[], bool]:
+    return lambda: any(s in TERMINAL for s in states(c, job_id))
+
+
+@contextlib.asynccontextmanager
+async def running(device: Device) -> AsyncIterator[Device]:
+    task = asyncio.create_task(device.run())
+    try:
+        async with asyncio.timeout(10):
+            await device.booted.wait()
+        yield device
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
