@@ -9,26 +9,25 @@ import pytest
 
 from cloud.api.models import Role
 from cloud.config import CloudConfig
-from cloud.identity import provision
-from cloud.identity.dynsec import DynsecClient
 from contract.mqtturl import parse_mqtt_url
-from tests.cloud.test_api_support import ApiServer, migrated_database, mint_all, serve
+from tests.cloud.test_api_support import (
+    ApiServer,
+    migrated_database,
+    mint_all,
+    secured_broker,
+    serve,
+    serve_with_broker,
+)
 from tests.identity.test_broker_acl import Peer
-from tests.support.services import Mosquitto, secure_broker
+from tests.support.services import Mosquitto
 
 ADMIN_PW = "api-admin-secret"
 
 
 @pytest.fixture(scope="module")
 def sbroker() -> Iterator[Mosquitto]:
-    b = secure_broker(ADMIN_PW)
-    b.start()
-    try:
-        with DynsecClient(b.url, "admin", ADMIN_PW) as admin:
-            provision.bootstrap(admin)  # default deny
-        yield b
-    finally:
-        b.close()
+    with secured_broker(ADMIN_PW) as broker:
+        yield broker
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +43,7 @@ def keys(dsn: str) -> dict[Role, str]:
 
 @pytest.fixture(scope="module")
 def api(dsn: str, sbroker: Mosquitto) -> Iterator[ApiServer]:
-    config = CloudConfig(
-        database_url=dsn,
-        broker_admin_url=f"mqtt://admin:{ADMIN_PW}@127.0.0.1:{sbroker.port}",
-        device_mqtt_url=sbroker.url,
-    )
-    with serve(config) as server:
+    with serve_with_broker(dsn, sbroker, ADMIN_PW) as server:
         yield server
 
 

@@ -17,11 +17,15 @@ from psycopg.types.json import Jsonb
 from schemathesis import GenerationMode
 
 from cloud.api.models import Role
-from cloud.config import CloudConfig
-from cloud.identity import provision
-from cloud.identity.dynsec import DynsecClient
-from tests.cloud.test_api_support import ApiServer, execute, migrated_database, mint, serve
-from tests.support.services import Mosquitto, secure_broker
+from tests.cloud.test_api_support import (
+    ApiServer,
+    execute,
+    migrated_database,
+    mint,
+    secured_broker,
+    serve_with_broker,
+)
+from tests.support.services import Mosquitto
 
 MAX_EXAMPLES = 20
 ADMIN_PW = "fuzz-admin-secret"
@@ -68,24 +72,13 @@ def seed(dsn: str) -> None:
 
 @pytest.fixture(scope="module")
 def sbroker() -> Iterator[Mosquitto]:
-    b = secure_broker(ADMIN_PW)
-    b.start()
-    try:
-        with DynsecClient(b.url, "admin", ADMIN_PW) as admin:
-            provision.bootstrap(admin)
-        yield b
-    finally:
-        b.close()
+    with secured_broker(ADMIN_PW) as broker:
+        yield broker
 
 
 @pytest.fixture(scope="module")
 def api(dsn: str, sbroker: Mosquitto) -> Iterator[ApiServer]:
-    config = CloudConfig(
-        database_url=dsn,
-        broker_admin_url=f"mqtt://admin:{ADMIN_PW}@127.0.0.1:{sbroker.port}",
-        device_mqtt_url=sbroker.url,
-    )
-    with serve(config) as server:
+    with serve_with_broker(dsn, sbroker, ADMIN_PW) as server:
         yield server
 
 

@@ -19,7 +19,9 @@ from cloud.api.app import Clock, create_app, utc_now
 from cloud.api.models import Role
 from cloud.config import CloudConfig
 from cloud.db.migrate import migrate
-from tests.support.services import free_port, scratch_database
+from cloud.identity import provision
+from cloud.identity.dynsec import DynsecClient
+from tests.support.services import Mosquitto, free_port, scratch_database, secure_broker
 
 START_TIMEOUT_S = 10.0
 
@@ -94,3 +96,28 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None
 
 def fixed_clock(at: datetime) -> Clock:
     return lambda: at
+
+
+@contextlib.contextmanager
+def secured_broker(admin_password: str) -> Iterator[Mosquitto]:
+    """A broker with the production overlay and the service roles in place (what the credentials routes need)."""
+    broker = secure_broker(admin_password)
+    broker.start()
+    try:
+        with DynsecClient(broker.url, "admin", admin_password) as admin:
+            provision.bootstrap(admin)
+        yield broker
+    finally:
+        broker.close()
+
+
+@contextlib.contextmanager
+def serve_with_broker(dsn: str, broker: Mosquitto, admin_password: str) -> Iterator[ApiServer]:
+    """The API with broker administration: device credentials are provisioned on `broker`."""
+    config = CloudConfig(
+        database_url=dsn,
+        broker_admin_url=f"mqtt://admin:{admin_password}@127.0.0.1:{broker.port}",
+        device_mqtt_url=broker.url,
+    )
+    with serve(config) as server:
+        yield server
