@@ -14,7 +14,16 @@ from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
 from cloud.alerts.config import AlertConfig
-from cloud.alerts.lifecycle import AUDIT, TRANSITIONS, Action, LifecycleError, Op, State, next_state
+from cloud.alerts.lifecycle import (
+    AUDIT,
+    LOCK_ALERT,
+    TRANSITIONS,
+    Action,
+    LifecycleError,
+    Op,
+    State,
+    planned_update,
+)
 from cloud.alerts.queries import GET, LIST, STATES, list_params
 from cloud.alerts.queries import TRANSITIONS as AUDIT_TRAIL
 from cloud.alerts.store import js
@@ -70,25 +79,15 @@ async def get_alert(conn: Conn, _who: Viewer, alert_id: int) -> dict[str, Any]:
 async def _act(conn: Any, alert_id: int, action: Action) -> dict[str, Any]:
     now = datetime.now(UTC)
     async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            "select state, severity::text as severity from alerts where id = %s for update", (alert_id,)
-        )
+        await cur.execute(LOCK_ALERT, (alert_id,))
         row = await cur.fetchone()
         if row is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alert {alert_id}")
         try:
-            new = next_state(State(row["state"]), action.op)
+            new, update, params = planned_update(alert_id, action, State(row["state"]), now)
         except LifecycleError as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-        sets: dict[str, Any] = {"state": new.value}
-        if action.op is Op.ACK:
-            sets |= {"acknowledged_at": now, "acknowledged_by": action.actor}
-        elif action.op is Op.RESOLVE:
-            sets |= {"resolved_at": now, "resolved_by": action.actor, "resolution": action.reason}
-        elif action.op is Op.SNOOZE:
-            sets |= {"snoozed_until": action.until}
-        assignments = ", ".join(f"{k} = %({k})s" for k in sets)
-        await cur.execute(f"update alerts set {assignments} where id = %(id)s", {**sets, "id": alert_id})
+        await cur.execute(update, params)
         await cur.execute(
             AUDIT, (alert_id, row["state"], new.value, row["severity"], now, action.actor, action.reason)
         )

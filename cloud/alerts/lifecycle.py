@@ -79,21 +79,16 @@ AUDIT = (
 )
 
 
-def apply(conn: psycopg.Connection[Any], alert_id: int, action: Action, now: datetime) -> dict[str, Any]:
-    """Apply an operator's (or the timer's) action in the caller's transaction; returns the new row."""
-    if action.op is Op.SNOOZE and (action.until is None or action.until <= now):
-        raise LifecycleError("snooze needs a time in the future (--until 2024-05-06T09:00:00+00:00)")
-    if not action.actor.strip():
-        raise LifecycleError("say who you are (--by <name>): every transition is audited")
-    cur = conn.cursor(row_factory=dict_row)
-    row = cur.execute(
-        "select state, severity::text as severity from alerts where id = %s for update", (alert_id,)
-    ).fetchone()
-    if row is None:
-        raise LifecycleError(f"no alert {alert_id}: list them with `microfleet alerts list`")
-    current = State(row["state"])
+LOCK_ALERT = "select state, severity::text as severity from alerts where id = %s for update"
+
+
+def planned_update(
+    alert_id: int, action: Action, current: State, now: datetime
+) -> tuple[State, str, dict[str, Any]]:
+    """The new state of an alert after `action`, and the UPDATE (SQL, parameters) that records it, with who
+    and when. Raises LifecycleError when the transition is not allowed. Shared by the CLI and the API."""
     new = next_state(current, action.op)
-    sets: dict[str, object] = {"state": new.value}
+    sets: dict[str, Any] = {"state": new.value}
     if action.op is Op.ACK:
         sets |= {"acknowledged_at": now, "acknowledged_by": action.actor}
     elif action.op is Op.RESOLVE:
@@ -103,10 +98,22 @@ def apply(conn: psycopg.Connection[Any], alert_id: int, action: Action, now: dat
     elif action.op is Op.WAKE:
         sets |= {"snoozed_until": None}
     assignments = ", ".join(f"{k} = %({k})s" for k in sets)
-    out = cur.execute(
-        f"update alerts set {assignments} where id = %(id)s returning {ALERT_COLUMNS}",
-        {**sets, "id": alert_id},
-    ).fetchone()
+    return new, f"update alerts set {assignments} where id = %(id)s", {**sets, "id": alert_id}
+
+
+def apply(conn: psycopg.Connection[Any], alert_id: int, action: Action, now: datetime) -> dict[str, Any]:
+    """Apply an operator's (or the timer's) action in the caller's transaction; returns the new row."""
+    if action.op is Op.SNOOZE and (action.until is None or action.until <= now):
+        raise LifecycleError("snooze needs a time in the future (--until 2024-05-06T09:00:00+00:00)")
+    if not action.actor.strip():
+        raise LifecycleError("say who you are (--by <name>): every transition is audited")
+    cur = conn.cursor(row_factory=dict_row)
+    row = cur.execute(LOCK_ALERT, (alert_id,)).fetchone()
+    if row is None:
+        raise LifecycleError(f"no alert {alert_id}: list them with `microfleet alerts list`")
+    current = State(row["state"])
+    new, update, params = planned_update(alert_id, action, current, now)
+    out = cur.execute(f"{update} returning {ALERT_COLUMNS}", params).fetchone()
     assert out is not None
     conn.execute(
         AUDIT, (alert_id, current.value, new.value, row["severity"], now, action.actor, action.reason)
