@@ -39,8 +39,6 @@ class DbCounts:
     devices_online: int = 0
     quarantined: int = 0
     alerts: int = 0
-    p50_ms: float = 0.0
-    p99_ms: float = 0.0
 
 
 @contextlib.contextmanager
@@ -73,13 +71,6 @@ def _counts(conn: Any, prefix: str) -> DbCounts:
         "SELECT count(*) FROM devices WHERE device_id LIKE %s AND state = 'online'", (like,)
     ).fetchone()[0]
     c.quarantined = q("SELECT count(*) FROM quarantine WHERE topic LIKE %s", (f"mf/v1/{like}",)).fetchone()[0]
-    row = q(
-        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)"
-        " FROM (SELECT extract(epoch FROM stored_at - sent_at) * 1000 AS ms FROM uplink_log"
-        " WHERE device_id LIKE %s AND stored_at > now() - interval '30 seconds') t",
-        (like,),
-    ).fetchone()
-    c.p50_ms, c.p99_ms = float(row[0] or 0.0), float(row[1] or 0.0)
     if q("SELECT to_regclass('alerts') IS NOT NULL").fetchone()[0]:
         c.alerts = q("SELECT count(*) FROM alerts WHERE device_id LIKE %s", (like,)).fetchone()[0]
     return c
@@ -102,7 +93,6 @@ def _view(fleet: Any, db: DbCounts, ingest_line: str, started: float, days: floa
     t.add_row("samples in DB", "", f"{db.samples}")
     t.add_row("outbox depth (not yet acknowledged)", f"{s.outbox_depth}", "")
     t.add_row("quarantined / alerts", "", f"{db.quarantined} / {db.alerts}")
-    t.add_row("latency publish->commit p50 / p99", "", f"{db.p50_ms:.0f} / {db.p99_ms:.0f} ms")
     done = s.sim_time_s / 86400
     footer = f"real {elapsed:5.1f} s   simulated day {done:4.1f} of {days:g}   ingest: {ingest_line}"
     return Group(t, Panel(footer, expand=False))
