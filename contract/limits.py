@@ -32,16 +32,38 @@ def _check_time(name: str, value: datetime, now: datetime) -> None:
         )
 
 
+def _check_samples(message: SampleBatch, now: datetime) -> None:
+    """The hot path of every consumer: plain comparisons per sample, and the error text (which names the
+    sample and field) is only built for a batch that fails (it was 2/3 of decoding a 30-sample batch)."""
+    latest = now + MAX_FUTURE_SKEW
+    c_lo, c_hi = CURRENT_UA
+    v_lo, v_hi = VOLTAGE_V
+    z_lo, z_hi = IMPEDANCE_OHM
+    l_lo, l_hi = LEVEL
+    for s in message.samples:
+        if not (
+            c_lo <= s.current_ua <= c_hi
+            and v_lo <= s.voltage_v <= v_hi
+            and z_lo <= s.impedance_ohm <= z_hi
+            and l_lo <= s.level <= l_hi
+            and s.t <= latest
+        ):
+            break
+    else:
+        return
+    for i, s in enumerate(message.samples):  # a failure: say which sample and which field
+        _check(f"samples[{i}].current_ua", s.current_ua, CURRENT_UA)
+        _check(f"samples[{i}].voltage_v", s.voltage_v, VOLTAGE_V)
+        _check(f"samples[{i}].impedance_ohm", s.impedance_ohm, IMPEDANCE_OHM)
+        _check(f"samples[{i}].level", s.level, LEVEL)
+        _check_time(f"samples[{i}].t", s.t, now)
+
+
 def check_ranges(message: UplinkMessage, now: datetime) -> None:
     """Raise ContractError(OUT_OF_RANGE) if any value is physically impossible."""
     _check_time("ts", message.ts, now)
     if isinstance(message, SampleBatch):
-        for i, s in enumerate(message.samples):
-            _check(f"samples[{i}].current_ua", s.current_ua, CURRENT_UA)
-            _check(f"samples[{i}].voltage_v", s.voltage_v, VOLTAGE_V)
-            _check(f"samples[{i}].impedance_ohm", s.impedance_ohm, IMPEDANCE_OHM)
-            _check(f"samples[{i}].level", s.level, LEVEL)
-            _check_time(f"samples[{i}].t", s.t, now)
+        _check_samples(message, now)
     elif isinstance(message, SessionStart):
         _check("level", message.level, LEVEL)
         _check_time("started_at", message.started_at, now)
