@@ -94,17 +94,19 @@ class GatePoller:
             conn.close()
 
     def poll(self, conn: psycopg.Connection[Any]) -> int:
-        """Evaluate every profile changed since the watermark (minus the overlap); returns gates changed."""
-        changed, since = 0, self.watermark - OVERLAP
+        """Evaluate every profile changed since the watermark (minus the overlap); returns gates changed.
+        Pages by the key (updated_at, device_id), so profiles sharing one updated_at (a bulk import, one
+        transaction's now()) are never skipped at a page boundary."""
+        changed, since, after = 0, self.watermark - OVERLAP, ""
         while True:
             rows = conn.execute(
                 store.PROFILE_SELECT.replace("select ", "select p.updated_at, ", 1)
-                + " where p.updated_at > %s order by p.updated_at, p.device_id limit %s",
-                (since, BATCH),
+                + " where (p.updated_at, p.device_id) > (%s, %s) order by p.updated_at, p.device_id limit %s",
+                (since, after, BATCH),
             ).fetchall()
             if rows:
                 changed += evaluate_profiles(conn, self.cfg, [r[1:] for r in rows], self.clock())
-                since = rows[-1][0]
+                since, after = rows[-1][0], rows[-1][1]
                 self.watermark = max(self.watermark, since)
             if len(rows) < BATCH:
                 break
