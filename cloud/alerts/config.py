@@ -42,6 +42,7 @@ class AlertConfig:
     webhook_timeout_s: float = 5.0
     gate_poll_s: float = 2.0
     timer_s: float = 1.0  # held notices, snooze expiry and retries are looked at this often
+    sweep_s: float = 3600.0  # open sliding-rule alerts (O5, T2, T4) are re-evaluated this often per device
 
     @classmethod
     def from_env(
@@ -68,6 +69,7 @@ class AlertConfig:
                 "webhook_backoff_base_s": float(e.get(p + "WEBHOOK_BACKOFF_BASE_S", "1")),
                 "webhook_backoff_cap_s": float(e.get(p + "WEBHOOK_BACKOFF_CAP_S", "300")),
                 "gate_poll_s": float(e.get(p + "GATE_POLL_S", "2")),
+                "sweep_s": float(e.get(p + "SWEEP_S", "3600")),
             }
         except ValueError as exc:
             if isinstance(exc, AlertConfigError):

@@ -14,7 +14,14 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from statistics import median
 
-from cloud.alerts.decision import AlertDecision, EvidenceValue, OpenAlerts, clear_if_open, raise_unless_open
+from cloud.alerts.decision import (
+    Action,
+    AlertDecision,
+    EvidenceValue,
+    OpenAlerts,
+    clear_if_open,
+    raise_unless_open,
+)
 from cloud.alerts.inputs import DeviceHistory, DeviceProfile, SessionRecord, local_day
 from cloud.alerts.params import Phase, RuleId, RuleParams, Severity
 from contract.messages import EndReason, EventType, SessionEnd
@@ -55,6 +62,32 @@ def evaluate_history(
     if p.t6.enabled:
         out += _t6(p, op, dev, rec)
     return sorted(out, key=lambda d: (d.rule_id, d.episode_key, d.action))
+
+
+# The rolling rules whose window ends on the user's local "today": as days pass without a session, the
+# window slides and an open alert of theirs may no longer hold. T3 counts sessions, not days: it cannot.
+SLIDING_RULES = (RuleId.O5, RuleId.T2, RuleId.T4)
+
+
+def evaluate_sliding(
+    history: DeviceHistory, profile: DeviceProfile, params: RuleParams, now: datetime
+) -> list[AlertDecision]:
+    """The clears of the sliding rules at `now`, with no new session (the engine's periodic sweep).
+
+    Only clears: without a new session the device did nothing new to raise an alert for, and a raise
+    found here would repeat what the last session end already decided. A user who takes a rest week
+    sees the streak and the weekly-frequency alerts resolve by rule, not stay open until the next use."""
+    tz = history.sessions[-1].tz_offset_min if history.sessions else profile.tz_offset_min
+    today = local_day(now, tz)
+    dev, p, op = profile.device_id, params, history.open_alerts
+    out: list[AlertDecision] = []
+    if p.o5.enabled:
+        out += _o5(p, op, dev, history, today)
+    if p.t2.enabled:
+        out += _t2(p, op, dev, history, today)
+    if p.t4.enabled:
+        out += _t4(p, op, dev, [r for r in history.sessions if (today - r.local_day).days < p.t4.window_days])
+    return sorted((d for d in out if d.action is Action.CLEAR), key=lambda d: (d.rule_id, d.episode_key))
 
 
 Ev = dict[str, EvidenceValue]
@@ -175,8 +208,10 @@ def _t2(p: RuleParams, op: OpenAlerts, dev: str, h: DeviceHistory, today: date) 
     if h.baseline_level is not None:
         base = [h.baseline_level] * p.t2.min_sessions
     recent = [r for r in h.sessions if (today - r.local_day).days < w]
-    if len(recent) < p.t2.min_sessions:
-        return []
+    if len(recent) < p.t2.min_sessions:  # too little recent use to judge: whatever crept up is not current
+        return clear_if_open(
+            op, RuleId.T2, dev, ROLLING, f"{len(recent)} sessions in {w} days", {"sessions_14d": len(recent)}
+        )
     at_max = sum(1 for r in recent if r.level_max >= p.hw.max_level or r.boost_active_s > 0) / len(recent)
     creep = 0.0
     if len(base) >= p.t2.min_sessions and (today - first).days >= 2 * w - 1:

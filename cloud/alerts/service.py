@@ -3,8 +3,8 @@
 Threads, each started and joined here: paho's network thread (the `alerts` shared-subscription
 Consumer), the engine thread (batches -> one transaction each -> acks after COMMIT), the delivery worker
 (notices and gates), the webhook worker (when a URL is set), the profile poller (safety gate) and the
-timer (snoozes that expire, orphaned session state). The in-memory backlog is bounded by the consumer's
-Receive Maximum: the broker sends no more until we ack.
+timer (snoozes that expire, orphaned session state, the sweep of sliding rules as days pass). The
+in-memory backlog is bounded by the consumer's Receive Maximum: the broker sends no more until we ack.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from cloud.alerts.delivery import DeliveryWorker, Publisher
 from cloud.alerts.engine import BatchResult, Engine
 from cloud.alerts.gate import GatePoller
 from cloud.alerts.lifecycle import wake_snoozed
+from cloud.alerts.sweep import sweep
 from cloud.alerts.webhook import WebhookWorker
 from cloud.ingest.consumer import AckToken, Consumer
 
@@ -90,6 +91,7 @@ class AlertService:
         self.on_batch: Callable[[BatchResult], None] | None = None
         self.batches = 0
         self.messages = 0
+        self.swept = 0  # devices looked at by the sweep of sliding rules
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._engine_loop, name="alerts-engine", daemon=True),
@@ -181,6 +183,9 @@ class AlertService:
 
     def _timer_loop(self) -> None:
         conn: psycopg.Connection[Any] | None = None
+        # how often to look for devices due a sweep (each device is swept once per sweep_s at most)
+        sweep_every = min(60.0, self.cfg.sweep_s / 4)
+        next_sweep = time.monotonic()
         while not self._stop.wait(self.cfg.timer_s):
             try:
                 if conn is None or conn.closed:
@@ -193,6 +198,14 @@ class AlertService:
                     )
                 if woken:
                     log.info("snooze expired for alerts %s", woken)
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + sweep_every
+                    devices, cleared = sweep(conn, self.cfg, now)
+                    self.swept += devices
+                    if cleared:
+                        log.info("sweep of %d devices resolved %d sliding-rule alerts", devices, len(cleared))
+                        if self.webhook:
+                            self.webhook.wake()
             except psycopg.Error as exc:
                 log.warning("alert timer failed (%s); retrying", exc)
                 if conn is not None:

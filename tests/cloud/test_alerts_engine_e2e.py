@@ -236,3 +236,20 @@ def test_safety_gate_set_and_cleared(broker: Mosquitto, dsn: str) -> None:
     late = FakeDevice(broker.url, "gate-1", clock)  # a device that reconnects converges on the retained gate
     late.wait(lambda d: bool(d.gates) and not d.gates[-1].blocked)
     late.close()
+
+
+def test_the_timer_sweep_resolves_a_sliding_alert_as_days_pass(
+    broker: Mosquitto, dsn: str, uplinks: Uplinks
+) -> None:
+    """The service owns the sweep: with no further session, days passing resolve the weekly-frequency
+    alert by rule (tests/cloud/test_alerts_sweep.py has the sweep's cases)."""
+    clock = Clock(NOON)
+    with AlertService(engine_config(broker.url, dsn, sweep_s=0.4), clock=clock, gate=False) as svc:
+        assert svc.consumer.subscribed_event.wait(10)
+        uplinks.send(overuse_days("rest-1", NOON, range(-5, 1)))
+        wait_for(lambda: alerts_of(dsn, "rest-1"), what="the overuse alert")
+        assert alerts_of(dsn, "rest-1")[0][1:5] == ("O5", "rolling", "info", "open")
+        clock.advance(timedelta(days=5))  # two days of use left in the last seven
+        wait_for(lambda: alerts_of(dsn, "rest-1")[0][4] == "resolved", what="the sweep resolves it")
+        assert alerts_of(dsn, "rest-1")[0][6] == "rule"
+        assert svc.swept >= 1
