@@ -47,12 +47,14 @@ have_postgres() { command -v pg_ctlcluster && command -v pg_isready && compgen -
 missing=()
 command -v mosquitto >/dev/null || missing+=(mosquitto)
 have_postgres >/dev/null || missing+=(postgresql)
+# docker-compose validates docker-compose.yml in the tests (`docker-compose config` needs no engine)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
 FRESH_POSTGRES=0
 if ((${#missing[@]})); then
     [[ " ${missing[*]} " == *" postgresql "* ]] && FRESH_POSTGRES=1
-    apt_install mosquitto postgresql
+    apt_install "${missing[@]}"
 else
-    say "mosquitto and postgresql are installed"
+    say "mosquitto, postgresql and docker-compose are installed"
 fi
 
 # 2. PostgreSQL.
