@@ -1,4 +1,4 @@
-"""Issue 5: a compressed 60-day scenario, 200 devices of mixed personas, through the real pipeline (edge
+"""Issue 5: a compressed 60-day scenario, 100 devices of mixed personas, through the real pipeline (edge
 agents -> private mosquitto -> ingest and the alert engine -> scratch PostgreSQL): every persona raises
 the alerts it should (`Persona.expected`), and the users with nothing expected raise none.
 
@@ -18,10 +18,11 @@ days give each user 21 to 150 sessions, ample for every rule, so a device that m
 regression for that kind of user (a model looked up wrongly, a first-seen date, a window), which "at
 least one device" would hide.
 
-Budget (2 cores, the whole run ~70-90 s): the agent costs ~12 µs per sample, the engine about as much
-again. The mix below keeps 200 devices and 60 days and the compliant users' realistic 5-minute
-sessions; the personas whose rules do not depend on session length get shorter sessions, and the
-expensive ones (the over-user's 20-minute sessions) are few.
+Budget (2 cores): 200 devices took 90 s on one machine and 245 s on a 2.7x slower one, near the
+timeout, so the fleet is 100 devices (105 s on the slower machine). The agent costs ~12 µs per sample,
+the engine about as much again. The mix below keeps every persona, 60 days and the compliant users'
+realistic 5-minute sessions; the personas whose rules do not depend on session length get shorter
+sessions, and the expensive one (the over-user's 20-minute sessions) is alone.
 """
 
 from __future__ import annotations
@@ -48,27 +49,27 @@ from simulators.simclock import SimClock
 from tests.cloud.test_alerts_engine_support import engine_config
 from tests.support.services import Mosquitto
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]  # ~75 s here; the default 120 s is tight
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]  # 45-105 s by machine; the default 120 s is tight
 
 DAY_S = 86_400
 DAYS = 60
-DEVICES = 200
+DEVICES = 100
 PREFIX = "sixty"
 HOLD_AT_S = DAY_S - 120  # 23:58: sessions never run past 23:55 (persona.plan_day)
 CATCH_UP_S = 60.0  # per simulated day, the engine must commit the day's sessions within this
 
 # devices per persona (the weights add up to DEVICES, so these are the exact counts)
 WEIGHTS: dict[str, float] = {
-    "compliant_starter": 40,
-    "connectivity_challenged": 4,  # compliant use; the fleet does not apply its link flaps (yet)
-    "default_max_newbie": 24,
-    "over_user": 3,  # ~180 k samples each: two 15-25 min sessions a day, restarts after the auto-off
-    "sensation_chaser": 10,  # 8-10 min sessions: the level-ups after minute 3 and mostly-at-max (T3)
-    "gel_skimper": 22,
-    "sensitive_skin": 29,
-    "lapsed_user": 30,
-    "zone_misuser": 26,
-    "clinic_esthetician": 12,
+    "compliant_starter": 21,
+    "connectivity_challenged": 2,  # compliant use; the fleet does not apply its link flaps (yet)
+    "default_max_newbie": 12,
+    "over_user": 1,  # ~180 k samples: two 15-25 min sessions a day, restarts after the auto-off
+    "sensation_chaser": 5,  # 8-10 min sessions: the level-ups after minute 3 and mostly-at-max (T3)
+    "gel_skimper": 11,
+    "sensitive_skin": 14,
+    "lapsed_user": 15,
+    "zone_misuser": 13,
+    "clinic_esthetician": 6,
 }
 # shorter sessions where the persona's rules do not depend on their length
 SHORTER: dict[str, dict[str, Any]] = {
