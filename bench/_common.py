@@ -6,11 +6,15 @@ per-device sequence numbers, so that a test or a benchmark can count what the da
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -249,3 +253,57 @@ class IngestProcess:
         code = self.proc.wait(30)
         self._reader.join(5)
         return code
+
+
+def _publish_child(url: str, messages: list[Message], client_id: str) -> None:
+    pub = Publisher(url, client_id=client_id, inflight=2000)
+    pub.publish_all(messages, timeout=170)
+    pub.close()
+
+
+def publish_in_child(url: str, messages: list[Message], client_id: str) -> mp.process.BaseProcess:
+    proc = mp.get_context("fork").Process(target=_publish_child, args=(url, messages, client_id), daemon=True)
+    proc.start()
+    return proc
+
+
+def raw_broker_rate(port: int, url: str, messages: list[Message]) -> float:
+    """The ceiling of a Python MQTT consumer on this machine: a bare paho subscriber (QoS 1, auto ack,
+    no work per message) receiving a publisher child's messages through the broker: messages/s."""
+    n = len(messages)
+    got = 0
+    done = threading.Event()
+    ready = threading.Event()
+
+    def on_message(_c: Any, _u: Any, _m: Any) -> None:
+        nonlocal got
+        got += 1
+        if got >= n:
+            done.set()
+
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw-sub", protocol=mqtt.MQTTv5)
+    sub.on_message = on_message
+    sub.on_subscribe = lambda *a: ready.set()
+    sub.on_connect = lambda c, *a: c.subscribe("mf/v1/+/up/#", qos=1)
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+    ready.wait(10)
+    t0 = time.perf_counter()
+    child = publish_in_child(url, messages, "bench-raw-pub")
+    done.wait(170)
+    elapsed = time.perf_counter() - t0
+    child.join(30)
+    sub.disconnect()
+    sub.loop_stop()
+    if got < n:
+        raise RuntimeError(f"raw subscriber got {got} of {n} messages")
+    return n / elapsed
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc), 0.0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -8,6 +8,10 @@ background traffic (sessions without any alert) at a steady `--rate` for `--seco
 never held by quiet hours). This process timestamps each committed alert (LISTEN mf_alerts: NOTIFY is
 delivered at COMMIT) and each notice (a subscriber on mf/v1/+/down/notice).
 
+Beside them, in the same run: the ceiling of a Python MQTT consumer on this machine (a bare paho
+subscriber fed by the same publisher, bench/_common.raw_broker_rate) and the CPU each process used per
+message (ingest, engine, broker, publisher, on 2 shared cores: what the offered rate costs).
+
 Goal (issue 3): p99 < 250 ms at >= 5,000 messages/s, and the alert engine never the bottleneck: it must
 finish the traffic no later than ingest. The last line printed is one JSON object.
 """
@@ -36,7 +40,15 @@ import paho.mqtt.client as mqtt  # noqa: E402
 import psycopg  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from bench._common import Message, Publisher, fleet_traffic, to_wire, wait_until  # noqa: E402
+from bench._common import (  # noqa: E402
+    Message,
+    Publisher,
+    cpu_seconds,
+    fleet_traffic,
+    raw_broker_rate,
+    to_wire,
+    wait_until,
+)
 from cloud.db.migrate import migrate  # noqa: E402
 from contract import topics  # noqa: E402
 from contract.messages import Sample, SampleBatch, Zone  # noqa: E402
@@ -81,7 +93,10 @@ def publish_paced(
     for info in infos:
         info.wait_for_publish(max(0.01, deadline - time.monotonic()))
     acked = sum(1 for info in infos if info.is_published())
-    out.put({"sent": sent, "background": n, "acked": acked, "publish_s": time.perf_counter() - t0})
+    cpu = sum(os.times()[:2])
+    out.put(
+        {"sent": sent, "background": n, "acked": acked, "publish_s": time.perf_counter() - t0, "cpu_s": cpu}
+    )
     pub.close()
 
 
@@ -140,6 +155,8 @@ def main() -> None:
     background = traffic.messages[: int(a.rate * a.seconds)]
     broker = Mosquitto()
     broker.start()
+    ceiling = raw_broker_rate(broker.port, broker.url, background[: min(len(background), 20_000)])
+    print(f"ceiling: a bare paho subscriber receives {ceiling:,.0f} msg/s from this broker on this machine")
     notices: dict[str, float] = {}
     committed: dict[str, float] = {}
     procs: list[Proc] = []
@@ -191,6 +208,10 @@ def main() -> None:
             lt = threading.Thread(target=listener, daemon=True)
             lt.start()
             q: Any = mp.Queue()
+            watched = {"ingest": [ingest.proc.pid], "engine": [e.proc.pid for e in engines]}
+            assert broker.proc is not None
+            watched["broker"] = [broker.proc.pid]
+            cpu0 = {k: sum(cpu_seconds(p) for p in pids) for k, pids in watched.items()}
             t0 = time.perf_counter()
             child = mp.Process(
                 target=publish_paced, args=(broker.url, background, a.rate, a.seconds, a.trigger_every, q)
@@ -226,6 +247,7 @@ def main() -> None:
                     "alert engine done",
                 )
                 alerts_s = time.perf_counter() - t0
+                cpu = {k: sum(cpu_seconds(p) for p in pids) - cpu0[k] for k, pids in watched.items()}
                 by_rule = conn.execute(
                     "select case when device_id like 'trig-%%' then 'trigger ' else 'background ' end "
                     "|| rule_id, count(*) from alerts group by 1 order by 1"
@@ -246,8 +268,11 @@ def main() -> None:
         broker.close()
     commit_ms = [1000 * (committed[d] - s) for d, s in sent.items() if d in committed]
     notice_ms = [1000 * (notices[d] - s) for d, s in sent.items() if d in notices]
+    cpu["publisher"] = report["cpu_s"]
+    cpu_us = {k: round(1e6 * v / total, 1) for k, v in cpu.items()}
     result = {
         "offered_rate_msgs": a.rate,
+        "broker_ceiling_msgs": round(ceiling, 1),
         "rate_msgs": round(total / report["publish_s"], 1),
         "ingest_rate_msgs": round(total / ingest_s, 1),
         "alerts_rate_msgs": round(total / alerts_s, 1),
@@ -263,6 +288,7 @@ def main() -> None:
         "p50_ms": round(pct(notice_ms, 0.5), 1),
         "p99_ms": round(pct(notice_ms, 0.99), 1),
         "max_ms": round(max(notice_ms, default=float("nan")), 1),
+        "cpu_us_per_msg": cpu_us,
     }
     print(
         f"published {total} messages at {result['rate_msgs']}/s; ingest stored them at {result['ingest_rate_msgs']}/s"
@@ -274,6 +300,18 @@ def main() -> None:
         f"notice at device: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms (goal p99 < 250)"
     )
     print("alerts raised: " + ", ".join(f"{k} x{v}" for k, v in by_rule))
+    print(
+        "CPU per message: "
+        + ", ".join(f"{k} {v:.0f} us" for k, v in cpu_us.items())
+        + f" (sum {sum(cpu_us.values()):.0f} us: {sum(cpu_us.values()) * result['rate_msgs'] / 1e6:.2f} of 2 cores"
+        " at this rate, PostgreSQL not counted)"
+    )
+    if result["rate_msgs"] < 0.95 * a.rate:
+        print(
+            f"NOTE: the machine carried {result['rate_msgs']:,.0f} of the {a.rate:,.0f} msg/s asked for (a bare "
+            f"consumer's ceiling here is {ceiling:,.0f} msg/s): the figures above are for an overloaded "
+            "machine, not for the rate asked for"
+        )
     print(
         f"ingest done after {ingest_s:.2f} s, alert engine ({a.engines} process(es)) after {alerts_s:.2f} s"
         + (" (the engine was the bottleneck)" if alerts_s > ingest_s + 0.25 else "")

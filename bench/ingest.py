@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import multiprocessing as mp
 import os
 import platform
 import signal
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,12 +30,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import paho.mqtt.client as mqtt  # noqa: E402
 import psycopg  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench._common import IngestProcess, Message, Publisher, fleet_traffic, wait_until  # noqa: E402
+from bench._common import (  # noqa: E402
+    IngestProcess,
+    Message,
+    fleet_traffic,
+    publish_in_child,
+    raw_broker_rate,
+    wait_until,
+)
 from cloud.db.migrate import migrate  # noqa: E402
 from cloud.ingest.batcher import Batch, Batcher  # noqa: E402
 from cloud.ingest.tables import SAMPLES  # noqa: E402
@@ -46,50 +50,6 @@ from tests.support.services import Mosquitto, scratch_database  # noqa: E402
 
 console = Console(stderr=False)
 TABLES = ("samples", "sessions", "device_events", "uplink_log", "devices", "quarantine", "rollup_pending")
-
-
-def _publish_child(url: str, messages: list[Message], client_id: str) -> None:
-    pub = Publisher(url, client_id=client_id, inflight=2000)
-    pub.publish_all(messages, timeout=170)
-    pub.close()
-
-
-def publish_in_child(url: str, messages: list[Message], client_id: str) -> mp.process.BaseProcess:
-    proc = mp.get_context("fork").Process(target=_publish_child, args=(url, messages, client_id), daemon=True)
-    proc.start()
-    return proc
-
-
-def raw_broker_rate(broker: Mosquitto, messages: list[Message]) -> float:
-    """Bare paho subscriber (QoS 1, auto ack) receiving the publisher child's messages: messages/s."""
-    n = len(messages)
-    got = 0
-    done = threading.Event()
-    ready = threading.Event()
-
-    def on_message(_c: Any, _u: Any, _m: Any) -> None:
-        nonlocal got
-        got += 1
-        if got >= n:
-            done.set()
-
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-raw-sub", protocol=mqtt.MQTTv5)
-    sub.on_message = on_message
-    sub.on_subscribe = lambda *a: ready.set()
-    sub.on_connect = lambda c, *a: c.subscribe("mf/v1/+/up/#", qos=1)
-    sub.connect("127.0.0.1", broker.port)
-    sub.loop_start()
-    ready.wait(10)
-    t0 = time.perf_counter()
-    child = publish_in_child(broker.url, messages, "bench-raw-pub")
-    done.wait(170)
-    elapsed = time.perf_counter() - t0
-    child.join(30)
-    sub.disconnect()
-    sub.loop_stop()
-    if got < n:
-        raise RuntimeError(f"raw subscriber got {got} of {n} messages")
-    return n / elapsed
 
 
 def sample_batches(messages: list[Message], per_batch: int) -> list[Batch[int]]:
@@ -213,7 +173,7 @@ def main() -> None:
         with scratch_database("mf_bench") as dsn:
             migrate(dsn)
             console.print("(a) raw broker ...")
-            results["broker_msgs_per_s"] = raw_broker_rate(broker, msgs)
+            results["broker_msgs_per_s"] = raw_broker_rate(broker.port, broker.url, msgs)
             batches = sample_batches(msgs, 2000)
             console.print("(b) raw COPY ...")
             results["copy_rows_per_s"] = raw_copy_rate(dsn, batches)

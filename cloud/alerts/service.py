@@ -46,18 +46,23 @@ class Inbox:
         self._items: list[tuple[str, bytes, AckToken]] = []
         self._cond = threading.Condition()
         self._first = 0.0
+        self._full = 1  # the batch size the taker waits for
 
     def offer(self, topic: str, payload: bytes, token: AckToken) -> None:
         with self._cond:
             if not self._items:
                 self._first = time.monotonic()
             self._items.append((topic, payload, token))
-            self._cond.notify()
+            # the taker only needs waking for a first item (to time the batch) or a full batch; in
+            # between it sleeps until the batch's deadline (a notify per message was 4 % of the engine)
+            if len(self._items) in (1, self._full):
+                self._cond.notify()
 
     def take(
         self, max_items: int, max_delay_s: float, stop: threading.Event
     ) -> list[tuple[str, bytes, AckToken]]:
         with self._cond:
+            self._full = max_items
             end = time.monotonic() + 0.5
             while not stop.is_set():
                 now = time.monotonic()
