@@ -82,7 +82,8 @@ class Engine:
                 result.rejected += 1  # ingest quarantines the same bytes with its reason; nothing to evaluate
                 log.debug("not evaluated: %s on %s", exc, topic)
                 continue
-            by_device.setdefault(m.device_id, []).append(m)
+            if isinstance(m, SessionStart | SampleBatch | SessionEnd | DeviceEvent):  # no rule reads the rest
+                by_device.setdefault(m.device_id, []).append(m)
         return by_device
 
     def process(self, conn: Conn, items: Sequence[tuple[str, bytes]], now: datetime) -> BatchResult:

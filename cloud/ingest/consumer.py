@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
@@ -65,10 +65,23 @@ class Consumer:
         receive_maximum: int = 8000,
         session_expiry_s: int = 7 * 24 * 3600,
         keepalive_s: int = 30,
+        kinds: Sequence[topics.Uplink] | None = None,
     ) -> None:
+        """`kinds`: the uplink kinds to receive (one shared filter each), or every uplink (one filter)."""
         self.addr = parse_mqtt_url(mqtt_url)
         self.client_id = client_id
-        self.subscription = topics.shared(group, topics.uplink_filter())
+        self.filters = (
+            [topics.shared(group, topics.uplink_filter(k)) for k in kinds]
+            if kinds
+            else [topics.shared(group, topics.uplink_filter())]
+        )
+        # a session persisted before a change of kinds keeps its old filters: they are unsubscribed
+        self._stale = [
+            topics.shared(group, f)
+            for f in [topics.uplink_filter(), *(topics.uplink_filter(k) for k in topics.Uplink)]
+            if topics.shared(group, f) not in self.filters
+        ]
+        self.subscription = ", ".join(self.filters)
         self._on_message = on_message
         self._receive_maximum = receive_maximum
         self._session_expiry_s = session_expiry_s
@@ -135,7 +148,9 @@ class Consumer:
             self._connected = True
         self.connects += 1
         log.info("%s connected (session present: %s)", self.client_id, flags.session_present)
-        client.subscribe(self.subscription, qos=1)
+        if flags.session_present and self._stale:
+            client.unsubscribe(self._stale)
+        client.subscribe([(f, 1) for f in self.filters])
         self.connected_event.set()
 
     def _handle_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
