@@ -378,3 +378,58 @@ async def test_rollout_over_1000_agents_pauses_on_errors_then_resume_and_cancel(
                         await (await conn.execute("SELECT count(*) FROM ota_reports")).fetchone() or [0]
                     )[0]
                     assert n_reports > 1000
+
+
+async def test_jobs_without_a_final_report_expire_at_their_deadline(
+    broker: Mosquitto, database_url: str, tmp_path: Path
+) -> None:
+    """Devices that received their job and went silent (lost, unplugged): at the job deadline the service
+    marks their jobs failed and retryable, with the reason, and the error gate sees them. Jobs that
+    reported a final state are left alone. The clock is the service's own (moved, not waited for)."""
+    migrate(database_url)
+    src = tmp_path / "fw.bin"
+    src.write_bytes(b"firmware" * 100)
+    art = tmp_path / "store"
+    now = [datetime.now(UTC)]
+    plan = RolloutPlan(percents=(100,), job_deadline_s=3600, error_ratio=0.5, min_sample=2, soak_s=0)
+    async with await AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await seed(conn, ["quiet-1", "quiet-2", "done-1"])
+        await add_release(
+            conn, art, src, version="1.1.0", version_code=2, models=("mf-home-1",), key=KEY, now=now[0]
+        )
+        rid = await store.create_rollout(
+            conn, "1.1.0", store.Targets(), plan, store=art, trust=TRUST, now=now[0]
+        )
+        service = OtaService(
+            OtaServiceConfig(database_url, broker.url, "http://127.0.0.1:1/a", tick_s=0.05),
+            clock=lambda: now[0],
+        )
+        async with background(service.run()):
+            sent = "SELECT count(*) = 3 FROM ota_device_jobs WHERE rollout_id = %s AND state = 'sent'"
+            await wait_until(conn, sent, (rid,))
+            await conn.execute("UPDATE ota_device_jobs SET state = 'succeeded' WHERE device_id = 'done-1'")
+            now[0] += timedelta(minutes=59)  # before the deadline: nothing expires
+            await asyncio.sleep(0.3)
+            counts = await (
+                await conn.execute(
+                    "SELECT state, count(*) FROM ota_device_jobs WHERE rollout_id = %s GROUP BY 1 ORDER BY 1",
+                    (rid,),
+                )
+            ).fetchall()
+            assert counts == [("sent", 2), ("succeeded", 1)]
+            now[0] += timedelta(minutes=2)  # past it
+            failed = "SELECT count(*) = 2 FROM ota_device_jobs WHERE rollout_id = %s AND state = 'failed'"
+            await wait_until(conn, failed, (rid,))
+            paused = "SELECT status = 'paused' FROM ota_rollouts WHERE rollout_id = %s"
+            await wait_until(conn, paused, (rid,))  # 2 failed of 3 finished: over the 50 % error gate
+        rows = await (
+            await conn.execute(
+                "SELECT device_id, state, retryable, reason FROM ota_device_jobs WHERE rollout_id = %s ORDER BY 1",
+                (rid,),
+            )
+        ).fetchall()
+        assert rows == [
+            ("done-1", "succeeded", None, None),
+            ("quiet-1", "failed", True, "no final report before the job deadline"),
+            ("quiet-2", "failed", True, "no final report before the job deadline"),
+        ]
