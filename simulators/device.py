@@ -30,6 +30,7 @@ class SimCounters:
     sessions_ended: int = 0
     sessions_refused: int = 0  # the agent said no: a daily limit of its protocol, or the safety gate
     samples: int = 0
+    link_drops: int = 0  # connections dropped on purpose (a connectivity-challenged persona's flaps)
 
 
 async def run_user(

@@ -10,7 +10,10 @@
   wrong schema); `publish_raw(url, messages)`: raw bytes on the wire, for corrupt payloads and for
   duplicated and reordered deliveries (`duplicate_and_reorder`);
 - `power_loss_mid_ota(agent, job_id, stage=...)`: cut the device's power (`Agent.power_off`: no goodbye,
-  the broker sends the last will) when a firmware job reaches a stage.
+  the broker sends the last will) when a firmware job reaches a stage;
+- `drop_link_at(agent, clock, times)`: a connectivity-challenged user's bad Wi-Fi: the agent's connection
+  drops at these virtual times (`flap_schedule`: a Poisson process of `Persona.flaps_per_day`); the
+  fleet runs it for every device of such a persona, and the agent reconnects by itself.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import aiomqtt
 
 from contract.mqtturl import parse_mqtt_url
 from edge.app import Agent
+from simulators.device import SimCounters
+from simulators.simclock import SimClock
 
 
 class FlakyPath:
@@ -188,3 +193,25 @@ def flap_schedule(rng: random.Random, days: float, per_day: float) -> list[float
             break
         out.append(t)
     return out
+
+
+async def drop_link_at(
+    agent: Agent, clock: SimClock, times_s: Sequence[float], counters: SimCounters
+) -> None:
+    """Drop the agent's connection at each virtual time (s from the clock's day 0), as a lost Wi-Fi would
+    (no DISCONNECT: the broker sends the last will). A user task of the clock, so virtual time never
+    skips a drop; the agent reconnects with its own backoff and forwards what it stored meanwhile."""
+    clock.enter()
+    try:
+        for t in times_s:
+            await clock.sleep(t - clock.monotonic())
+            if agent.link.connected.is_set():
+                agent.link.abort()
+                counters.link_drops += 1
+                # hold virtual time until the agent has noticed (a few ms of real time): otherwise, in
+                # compressed time, the next drops would fall on a link that is already down
+                async with asyncio.timeout(10):
+                    while agent.link.connected.is_set():  # noqa: ASYNC110 - the link's own event, set/cleared by it
+                        await asyncio.sleep(0.002)
+    finally:
+        clock.exit()

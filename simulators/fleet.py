@@ -25,6 +25,7 @@ from edge.app import Agent
 from edge.config import EdgeConfig, SyncMode
 from edge.outbox import OutboxFile
 from simulators.device import SimCounters, run_user
+from simulators.faults import drop_link_at, flap_schedule
 from simulators.persona import Persona, assign_all
 from simulators.scenario import Scenario
 from simulators.simclock import SimClock
@@ -43,6 +44,7 @@ class FleetConfig:
     reconnect_max_s: float = 30.0
     keepalive_s: int = 60
     clock_skew_s: dict[int, float] = field(default_factory=dict)  # device index -> offset (fault)
+    flaps: bool = True  # drop the links of personas with flaps_per_day (connectivity_challenged)
     extra: dict[str, object] = field(default_factory=dict)  # more EdgeConfig fields for every agent
 
     @property
@@ -159,6 +161,12 @@ class Fleet:
                     ),
                     name=f"user:{did}",
                 )
+                per_day = self.personas[did].flaps_per_day
+                if per_day > 0 and self.config.flaps:
+                    rng = random.Random(f"{sc.seed}:flaps:{i}")
+                    t0 = self.clock.monotonic()
+                    times = [t0 + t for t in flap_schedule(rng, sc.days if days is None else days, per_day)]
+                    tg.create_task(drop_link_at(agent, self.clock, times, self.counters), name=f"flaps:{did}")
         return self.stats()
 
     async def drained(self) -> None:

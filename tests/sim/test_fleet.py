@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,5 +112,38 @@ async def test_raw_duplicates_reordered_and_corrupt_payloads_reach_the_broker(br
         n = await publish_raw(broker.url, sent + bad)
         assert n == len(sent) + 4 and len(sent) > 10 and sent != good
         await collector.wait_for(lambda: len(collector.raw) == n, 10)
+    finally:
+        collector.close()
+
+
+async def test_connectivity_challenged_users_lose_their_link_and_nothing_else(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """The persona's flaps_per_day drops the real agent's connection at virtual times (a Poisson
+    process); each agent reconnects by itself and every message still arrives."""
+    collector = ThreadCollector(broker.url, "mf/v1/+/up/#")
+    try:
+        sc = dataclasses.replace(_scenario(3, days=4), weights={"connectivity_challenged": 1.0})
+        cfg = FleetConfig(sc, broker.url, tmp_path, extra=FAST)
+        async with Fleet(cfg) as fleet:
+            await fleet.connect()
+            await fleet.live()
+            async with asyncio.timeout(20):
+                await fleet.drained()
+            next_seq = fleet.next_seqs()
+            connects = [a.stats().connects for a in fleet.agents]
+            drops = fleet.counters.link_drops
+        assert drops >= 3 * 4  # 3 devices x ~3 a day x 4 days, a Poisson draw: well over one a device
+        # a first connect each, and a reconnect after every drop but perhaps each device's last one
+        assert sum(connects) >= drops
+
+        def complete() -> bool:
+            got: dict[str, set[int]] = {}
+            for topic, payload in list(collector.raw):
+                m = decode_uplink(topic, payload, datetime.now(UTC))
+                got.setdefault(m.device_id, set()).add(m.seq)
+            return all(set(range(n)) <= got.get(d, set()) for d, n in next_seq.items())
+
+        await collector.wait_for(complete, 10)
     finally:
         collector.close()

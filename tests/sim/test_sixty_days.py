@@ -61,7 +61,7 @@ CATCH_UP_S = 60.0  # per simulated day, the engine must commit the day's session
 # devices per persona (the weights add up to DEVICES, so these are the exact counts)
 WEIGHTS: dict[str, float] = {
     "compliant_starter": 21,
-    "connectivity_challenged": 2,  # compliant use; the fleet does not apply its link flaps (yet)
+    "connectivity_challenged": 2,  # compliant use through ~3 link drops a day
     "default_max_newbie": 12,
     "over_user": 1,  # ~180 k samples: two 15-25 min sessions a day, restarts after the auto-off
     "sensation_chaser": 5,  # 8-10 min sessions: the level-ups after minute 3 and mostly-at-max (T3)
