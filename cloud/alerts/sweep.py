@@ -20,7 +20,7 @@ from cloud.alerts.history import SLIDING_RULES, evaluate_sliding
 from cloud.alerts.inputs import DeviceHistory, DeviceProfile
 from cloud.alerts.store import Applied, Conn
 
-PAGE = 500
+PAGE = 100  # devices per transaction: their locks are held while their 60 days of history are read
 DUE = """
 select d.device_id from alert_devices d
 where d.device_id in (select a.device_id from alerts a where a.state <> 'resolved' and a.rule_id = any(%(rules)s))
