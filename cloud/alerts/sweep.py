@@ -52,11 +52,11 @@ def sweep_page(conn: Conn, cfg: AlertConfig, now: datetime, limit: int = PAGE) -
     return len(ids), applied
 
 
-def sweep(conn: Conn, cfg: AlertConfig, now: datetime) -> tuple[int, list[Applied]]:
+def sweep(conn: Conn, cfg: AlertConfig, now: datetime, page: int = PAGE) -> tuple[int, list[Applied]]:
     """Every due device, page by page; returns (devices swept, clears applied)."""
     devices, applied = 0, list[Applied]()
     while True:
-        n, a = sweep_page(conn, cfg, now)
+        n, a = sweep_page(conn, cfg, now, page)
         devices, applied = devices + n, applied + a
-        if n < PAGE:
+        if n < page:
             return devices, applied

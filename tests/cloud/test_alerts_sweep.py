@@ -51,7 +51,8 @@ def test_a_rest_day_resolves_the_streak_without_a_new_session(dsn: str) -> None:
         assert sweep(conn, cfg, last + D + D / 2) == (2, [])  # the day after: the run may still go on
         assert sweep(conn, cfg, last + D + D / 2 + timedelta(minutes=5)) == (0, [])  # swept this interval
 
-        devices, cleared = sweep(conn, cfg, last + 2 * D + D / 2)  # a whole day without use has passed
+        # a whole day without use has passed (one device per transaction: the pages cover both)
+        devices, cleared = sweep(conn, cfg, last + 2 * D + D / 2, page=1)
         assert devices == 2
         assert [(a.decision.device_id, a.decision.episode_key) for a in cleared] == [
             ("rester", "streak-from-2024-05-06")
