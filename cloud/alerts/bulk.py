@@ -21,8 +21,9 @@ from typing import Any
 from cloud.alerts import effects, store
 from cloud.alerts.config import AlertConfig
 from cloud.alerts.decision import Action, AlertDecision
+from cloud.alerts.device_params import PARAMS_INPUTS, params_of_rows
 from cloud.alerts.inputs import DeviceProfile, SessionRecord
-from cloud.alerts.params import RuleId
+from cloud.alerts.params import RuleId, RuleParams
 from cloud.alerts.store import (
     PROFILE_SELECT,
     SEVERITY_NAME,
@@ -51,7 +52,6 @@ OPEN = (
     "select device_id, rule_id, episode_key, severity::text from alerts "
     f"where device_id = {IN_IDS} and state <> 'resolved'"
 )
-MODELS = f"select device_id, model from devices where device_id = {IN_IDS}"
 STATES = (
     "select s.device_id, s.session_id, s.tz_offset_min, s.state::text, s.events::text "
     "from alert_session_state s join jsonb_to_recordset(%s::jsonb) as k(d text, s text) "
@@ -98,6 +98,7 @@ class Loaded:
     live: dict[Key, LiveSession]
     done_before: set[Key]  # sessions of the batch that had already ended (in alert_history)
     past: dict[str, list[SessionRecord]]
+    params: dict[str, RuleParams]  # model, active protocol and device overrides (device_params.py)
 
 
 def load(
@@ -114,7 +115,7 @@ def load(
             PROFILE_SELECT + f" where p.device_id = {IN_IDS}",
             (ids_array,),
         )
-        c_model = conn.execute(MODELS, (ids_array,))
+        c_params = conn.execute(PARAMS_INPUTS, (ids_array,))
         c_live = conn.execute(STATES, (ks,)) if ks else None
         c_done = conn.execute(ENDED, (ks,)) if ks else None
         c_hist = conn.execute(HISTORY, (js(ending), since)) if ending else None
@@ -122,9 +123,15 @@ def load(
     for dev, rule, key, sev in c_open.fetchall():
         opened.setdefault(dev, {})[(RuleId(rule), key)] = SEVERITY_OF[sev]
     profiles = {r[0]: profile_of_row(r) for r in c_prof.fetchall()}
-    for dev, model in c_model.fetchall():  # not registered (yet): no flags, the model from ingest's table
-        if dev not in profiles:
-            profiles[dev] = ProfileRow(DeviceProfile(device_id=dev, model=model or ""), None, model or "")
+    inputs = c_params.fetchall()
+    for (
+        dev,
+        model,
+        _doc,
+        _overrides,
+    ) in inputs:  # not registered (yet): no flags, the model from ingest's table
+        if dev not in profiles and model is not None:
+            profiles[dev] = ProfileRow(DeviceProfile(device_id=dev, model=model), None, model)
     live = dict(session_of_row(r) for r in c_live.fetchall()) if c_live else {}
     done = {(d, s) for d, s in c_done.fetchall()} if c_done else set()
     past: dict[str, list[SessionRecord]] = {}
@@ -137,6 +144,7 @@ def load(
         live=live,
         done_before={k for k in done if k not in live},
         past=past,
+        params=params_of_rows(inputs, {d: r.model for d, r in profiles.items()}),
     )
 
 

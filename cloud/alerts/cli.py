@@ -120,3 +120,68 @@ def snooze(
         typer.echo("error: --until needs a time zone, e.g. 2024-05-06T09:00:00+00:00", err=True)
         raise typer.Exit(2)
     _act(alert_id, "snooze", by, reason, until)
+
+
+def _device_params(conn: Any, device: str) -> Any:
+    from cloud.alerts.overrides import GET, describe
+
+    row = conn.execute(GET, (device,)).fetchone()
+    if row is None:
+        typer.echo(f"error: no device {device!r} (it must have connected or been registered)", err=True)
+        raise typer.Exit(1)
+    return row, describe(row)
+
+
+@app.command()
+def params(
+    device: Annotated[str, typer.Argument(help="Device id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="The whole parameter set as JSON.")] = False,
+) -> None:
+    """The rule parameters the engine uses for a device: its model, the protocol it runs, its overrides."""
+    from cloud.db.pool import connect
+
+    with connect(_cfg().database_url) as conn:
+        _row, d = _device_params(conn, device)
+    if as_json:
+        typer.echo(json.dumps(d.to_dict(), indent=2, default=str))
+        return
+    typer.echo(f"{d.device_id}: model {d.model or '?'}, protocol {d.protocol or 'none reported'}")
+    typer.echo(f"overrides: {json.dumps(d.overrides) if d.overrides else 'none'}")
+    if d.overrides:
+        typer.echo(f"  set by {d.updated_by} at {d.updated_at}: {d.reason}")
+    for section, fields in d.to_dict()["params"].items():
+        typer.echo(f"  {section}: {json.dumps(fields)}")
+
+
+@app.command()
+def override(
+    device: Annotated[str, typer.Argument(help="Device id.")],
+    by: By,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="section.parameter=value, e.g. o2.warn_daily_s=900 (repeat for more)."),
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove every override of the device.")] = False,
+    reason: Reason = "",
+) -> None:
+    """Override rule parameters for one device (merged into its current overrides), or clear them."""
+    from cloud.alerts.overrides import DELETE, UPSERT, OverrideError, merge, validate
+    from cloud.db.pool import connect
+
+    if clear == bool(set_):
+        typer.echo("error: give --set section.parameter=value (one or more) or --clear", err=True)
+        raise typer.Exit(2)
+    with connect(_cfg().database_url) as conn, conn.transaction():
+        row, current = _device_params(conn, device)
+        if clear:
+            conn.execute(DELETE, (device,))
+            typer.echo(f"{device}: overrides cleared")
+            return
+        try:
+            wanted = merge(current.overrides, set_ or [])
+            validate(row, wanted)
+        except OverrideError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        conn.execute(UPSERT, (device, json.dumps(wanted), reason, datetime.now(UTC), by))
+    typer.echo(f"{device}: overrides now {json.dumps(wanted)}")

@@ -16,17 +16,17 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import lru_cache
 
 import psycopg
 
 from cloud.alerts import bulk
 from cloud.alerts.config import AlertConfig
 from cloud.alerts.decision import Action, AlertDecision
+from cloud.alerts.device_params import params_of
 from cloud.alerts.history import evaluate_history
 from cloud.alerts.inputs import DeviceHistory, DeviceProfile, SessionRecord
 from cloud.alerts.insession import SessionState, evaluate_in_session
-from cloud.alerts.params import MODEL_OVERRIDES, RuleParams, profile_for_model, resolve_rule_params
+from cloud.alerts.params import RuleParams
 from cloud.alerts.store import Applied, Conn, LiveSession, OpenMap
 from contract.codec import decode_uplink
 from contract.errors import ContractError, TopicError
@@ -42,11 +42,6 @@ from contract.messages import (
 log = logging.getLogger(__name__)
 HISTORY_DAYS = 60
 HISTORY_EVENTS = (EventType.LEVEL_CHANGE, EventType.DISCOMFORT, EventType.BOOST)
-
-
-@lru_cache(maxsize=64)
-def params_for(model: str) -> RuleParams:
-    return resolve_rule_params(profile_for_model(model), MODEL_OVERRIDES.get(model))
 
 
 @dataclass
@@ -127,7 +122,8 @@ class Engine:
         for dev in sorted(by_device):
             row = got.profiles.get(dev)
             profile = row.profile if row else DeviceProfile(device_id=dev)
-            ctx = _Device(profile, got.opened.setdefault(dev, {}), got.live, got.done_before)
+            params = got.params.get(dev) or params_of(profile.model)
+            ctx = _Device(profile, params, got.opened.setdefault(dev, {}), got.live, got.done_before)
             try:
                 for m in by_device[dev]:
                     ctx.fold(m, got.first_seen.get(dev, firsts[dev]), got.past.setdefault(dev, []), now)
@@ -163,6 +159,7 @@ class _Device:
     def __init__(
         self,
         profile: DeviceProfile,
+        params: RuleParams,
         open_map: OpenMap,
         live: dict[tuple[str, str], LiveSession],
         done_before: set[tuple[str, str]],
@@ -173,7 +170,7 @@ class _Device:
         self.live, self.done_before = live, done_before
         self.ended: list[tuple[str, str]] = []
         self.dirty: dict[tuple[str, str], LiveSession] = {}
-        self.params = params_for(profile.model)
+        self.params = params
 
     def pending(self) -> bulk.Pending:
         """The device's writes: its live sessions' state (but not the ones that ended), its drops."""

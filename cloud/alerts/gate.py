@@ -23,7 +23,7 @@ import psycopg
 
 from cloud.alerts import effects, store
 from cloud.alerts.config import AlertConfig
-from cloud.alerts.engine import params_for
+from cloud.alerts.device_params import load_params
 from cloud.alerts.inputs import local_day
 from cloud.alerts.params import RuleId
 from cloud.alerts.profile import contraindication_reasons, evaluate_profile
@@ -43,10 +43,11 @@ def evaluate_profiles(
         parsed = {r[0]: store.profile_of_row(r) for r in rows}
         store.lock_devices(conn, dict.fromkeys(parsed, now))
         opened = store.open_alerts(conn, parsed)
+        params = load_params(conn, parsed)
         applied = []
         for dev in sorted(parsed):
             prof = parsed[dev].profile
-            p = params_for(prof.model).c1
+            p = params[dev].c1
             c1_open = {k: v for k, v in opened.get(dev, {}).items() if k[0] is RuleId.C1}
             for d in evaluate_profile(prof, now, p, c1_open):
                 a = store.apply_decision(conn, d, c1_open, now)

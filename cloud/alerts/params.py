@@ -1,7 +1,8 @@
 """Rule ids, severities and parameters as data, and how defaults are resolved.
 
-Precedence, lowest to highest: the treatment-protocol profile's defaults (`defaults_for`), then the device
-model's overrides, then the device's own overrides (`resolve_rule_params`). An override is a mapping from a
+Precedence, lowest to highest: the treatment-protocol profile's defaults (`defaults_for`: at-home or
+professional, sensitive-skin variant), then what the device's active protocol sets (its phase schedule:
+O5), then the device model's overrides, then the device's own overrides (`params_for_device`). An override is a mapping from a
 section name ("hw" or a rule id such as "O2") to the fields it changes; anything else is a `ParamsError`.
 Every default and its source is documented in cloud/alerts/README.md.
 """
@@ -15,7 +16,7 @@ from typing import Any
 import msgspec
 
 from contract.messages import Zone
-from contract.protocol import MODEL_LIMITS, ModelLimits
+from contract.protocol import MODEL_LIMITS, ModelLimits, TreatmentProtocol
 
 
 class ParamsError(ValueError):
@@ -291,6 +292,8 @@ def apply_overrides(params: RuleParams, overrides: Overrides | None, origin: str
             raise ParamsError(
                 f"{origin}: unknown section {key!r}; use 'hw' or a rule id ({', '.join(RuleId)})"
             )
+        if not isinstance(fields, Mapping):
+            raise ParamsError(f"{origin}: {key} must map parameter names to values, got {fields!r}")
         section = getattr(params, name)
         current = msgspec.structs.asdict(section)
         unknown = sorted(set(fields) - set(current))
@@ -310,4 +313,38 @@ def resolve_rule_params(
 ) -> RuleParams:
     """Profile defaults < model overrides < device overrides."""
     params = apply_overrides(defaults_for(profile), model_overrides, "model override")
+    return apply_overrides(params, device_overrides, "device override")
+
+
+def protocol_inputs(
+    protocol: TreatmentProtocol | None, model: str
+) -> tuple[ProtocolProfile, Overrides | None]:
+    """The rule defaults a device's active treatment protocol implies: its variant picks the profile
+    (`pro`, `sensitive`; a professional model is pro whatever the variant) and its phase schedule sets
+    O5 (intensive days, days per week in each phase). No protocol: the model's profile alone."""
+    base = profile_for_model(model)
+    if protocol is None:
+        return base, None
+    setting = Setting.PRO if protocol.variant == "pro" else base.setting
+    profile = ProtocolProfile(setting=setting, sensitive=protocol.variant == "sensitive")
+    o5 = {
+        "intensive_days": protocol.intensive_days,
+        "intensive_max_days_per_week": protocol.intensive.max_days_per_week,
+        "maintenance_max_days_per_week": protocol.maintenance.max_days_per_week,
+    }
+    return profile, {"o5": o5}
+
+
+def params_for_device(
+    model: str, protocol: TreatmentProtocol | None = None, device_overrides: Overrides | None = None
+) -> RuleParams:
+    """Profile defaults < the active protocol < model overrides < device overrides (ParamsError names the
+    layer that is wrong)."""
+    profile, from_protocol = protocol_inputs(protocol, model)
+    params = defaults_for(profile)
+    if protocol is not None:
+        params = apply_overrides(
+            params, from_protocol, f"protocol {protocol.protocol_id} v{protocol.version}"
+        )
+    params = apply_overrides(params, MODEL_OVERRIDES.get(model), "model override")
     return apply_overrides(params, device_overrides, "device override")

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from cloud.alerts import api as alerts_api
+from cloud.alerts import params_api as alert_params_api
 from cloud.api.metrics import ApiMetrics, MetricsMiddleware
 from cloud.api.routers import credentials, devices, health, quarantine, sessions, tokens, usage
 from cloud.config import CloudConfig
@@ -91,6 +92,7 @@ def create_app(
         quarantine,
         tokens,
         alerts_api,
+        alert_params_api,
         protocols_api,
         ota_api,
         ota_server,
