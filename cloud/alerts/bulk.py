@@ -98,7 +98,7 @@ class Loaded:
     live: dict[Key, LiveSession]
     done_before: set[Key]  # sessions of the batch that had already ended (in alert_history)
     past: dict[str, list[SessionRecord]]
-    params: dict[str, RuleParams]  # model, active protocol and device overrides (device_params.py)
+    params: dict[str, RuleParams]  # every device: model, active protocol, overrides (device_params.py)
 
 
 def load(
@@ -123,13 +123,8 @@ def load(
     for dev, rule, key, sev in c_open.fetchall():
         opened.setdefault(dev, {})[(RuleId(rule), key)] = SEVERITY_OF[sev]
     profiles = {r[0]: profile_of_row(r) for r in c_prof.fetchall()}
-    inputs = c_params.fetchall()
-    for (
-        dev,
-        model,
-        _doc,
-        _overrides,
-    ) in inputs:  # not registered (yet): no flags, the model from ingest's table
+    inputs = c_params.fetchall()  # one row per device of the batch
+    for dev, model, *_layers in inputs:  # not registered (yet): no flags, the model from ingest's table
         if dev not in profiles and model is not None:
             profiles[dev] = ProfileRow(DeviceProfile(device_id=dev, model=model), None, model)
     live = dict(session_of_row(r) for r in c_live.fetchall()) if c_live else {}
@@ -144,7 +139,7 @@ def load(
         live=live,
         done_before={k for k in done if k not in live},
         past=past,
-        params=params_of_rows(inputs, {d: r.model for d, r in profiles.items()}),
+        params=params_of_rows(inputs),
     )
 
 

@@ -10,7 +10,7 @@ renamed) is logged and skipped, never allowed to stop the engine: the device kee
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
@@ -34,14 +34,20 @@ _protocol = msgspec.json.Decoder(TreatmentProtocol)
 _overrides = msgspec.json.Decoder(dict[str, dict[str, Any]])
 
 
+def protocol_of(protocol_json: str | None) -> TreatmentProtocol | None:
+    """The stored protocol document, or None (no protocol reported, or a document that no longer parses:
+    logged, and the device keeps its model's parameters)."""
+    try:
+        return _protocol.decode(protocol_json) if protocol_json else None
+    except msgspec.DecodeError as exc:
+        log.warning("a protocol document is not usable for alert parameters: %s", exc)
+        return None
+
+
 @lru_cache(maxsize=4096)
 def params_of(model: str, protocol_json: str | None = None, overrides_json: str | None = None) -> RuleParams:
-    protocol: TreatmentProtocol | None = None
+    protocol = protocol_of(protocol_json)
     overrides: dict[str, dict[str, Any]] | None = None
-    try:
-        protocol = _protocol.decode(protocol_json) if protocol_json else None
-    except msgspec.DecodeError as exc:
-        log.warning("a %r device's protocol document is not usable for alert parameters: %s", model, exc)
     try:
         overrides = _overrides.decode(overrides_json) if overrides_json else None
     except msgspec.DecodeError as exc:
@@ -54,11 +60,9 @@ def params_of(model: str, protocol_json: str | None = None, overrides_json: str 
     return params_for_device(model)
 
 
-def params_of_rows(rows: Iterable[Row], models: Mapping[str, str] | None = None) -> dict[str, RuleParams]:
-    """Per device id. A device ingest has not registered yet has no model row: `models` (from its
-    profile) or "" (the at-home defaults)."""
-    known = models or {}
-    return {d: params_of(model or known.get(d, ""), doc, ov) for d, model, doc, ov in rows}
+def params_of_rows(rows: Iterable[Row]) -> dict[str, RuleParams]:
+    """Per device id. A device ingest has not registered yet has no model: the at-home defaults."""
+    return {d: params_of(model or "", doc, ov) for d, model, doc, ov in rows}
 
 
 def load_params(conn: psycopg.Connection[Any], device_ids: Iterable[str]) -> dict[str, RuleParams]:

@@ -22,7 +22,6 @@ import psycopg
 from cloud.alerts import bulk
 from cloud.alerts.config import AlertConfig
 from cloud.alerts.decision import Action, AlertDecision
-from cloud.alerts.device_params import params_of
 from cloud.alerts.history import evaluate_history
 from cloud.alerts.inputs import DeviceHistory, DeviceProfile, SessionRecord
 from cloud.alerts.insession import SessionState, evaluate_in_session
@@ -122,8 +121,7 @@ class Engine:
         for dev in sorted(by_device):
             row = got.profiles.get(dev)
             profile = row.profile if row else DeviceProfile(device_id=dev)
-            params = got.params.get(dev) or params_of(profile.model)
-            ctx = _Device(profile, params, got.opened.setdefault(dev, {}), got.live, got.done_before)
+            ctx = _Device(profile, got.params[dev], got.opened.setdefault(dev, {}), got.live, got.done_before)
             try:
                 for m in by_device[dev]:
                     ctx.fold(m, got.first_seen.get(dev, firsts[dev]), got.past.setdefault(dev, []), now)

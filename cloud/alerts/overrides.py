@@ -15,9 +15,8 @@ from typing import Any
 
 import msgspec
 
-from cloud.alerts.device_params import params_of
+from cloud.alerts.device_params import params_of, protocol_of
 from cloud.alerts.params import ParamsError, RuleParams, params_for_device
-from contract.protocol import TreatmentProtocol
 
 Overrides = dict[str, dict[str, Any]]
 
@@ -84,10 +83,8 @@ def describe(row: tuple[Any, ...]) -> DeviceParams:
 
 def validate(row: tuple[Any, ...], overrides: Overrides) -> RuleParams:
     """The device's parameters with these overrides, or OverrideError saying what is wrong."""
-    model, doc = row[1] or "", row[4]
-    protocol = msgspec.json.decode(doc, type=TreatmentProtocol) if doc else None
     try:
-        return params_for_device(model, protocol, overrides)
+        return params_for_device(row[1] or "", protocol_of(row[4]), overrides)
     except ParamsError as exc:
         raise OverrideError(str(exc)) from None
 

@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 
 from cloud.alerts import bulk
 from cloud.alerts.config import AlertConfig
-from cloud.alerts.device_params import params_of
 from cloud.alerts.engine import HISTORY_DAYS
 from cloud.alerts.history import SLIDING_RULES, evaluate_sliding
 from cloud.alerts.inputs import DeviceHistory, DeviceProfile
@@ -46,8 +45,7 @@ def sweep_page(conn: Conn, cfg: AlertConfig, now: datetime, limit: int = PAGE) -
             profile = row.profile if row else DeviceProfile(device_id=dev)
             opened = got.opened.get(dev, {})
             history = DeviceHistory.of(got.first_seen[dev], got.past.get(dev, []), opened)
-            params = got.params.get(dev) or params_of(profile.model)
-            pending.decisions += evaluate_sliding(history, profile, params, now)
+            pending.decisions += evaluate_sliding(history, profile, got.params[dev], now)
             pending.before[dev] = dict(opened)
         applied, _notices = bulk.write(conn, cfg, pending, got.profiles, now)
         conn.execute("update alert_devices set swept_at = %s where device_id = any(%s)", (now, ids))
