@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -129,6 +129,13 @@ class ThreadCollector:
     def messages(self) -> list[UplinkMessage]:
         now = datetime.now(UTC) + timedelta(seconds=5)
         return [decode_uplink(t, p, now) for t, p in list(self.raw)]
+
+    def has_every_seq(self, next_seq: Mapping[str, int]) -> bool:
+        """Every device's messages 0 .. next_seq - 1 have arrived (duplicates allowed)."""
+        got: dict[str, set[int]] = {}
+        for m in self.messages():
+            got.setdefault(m.device_id, set()).add(m.seq)
+        return all(set(range(n)) <= got.get(d, set()) for d, n in next_seq.items())
 
     def close(self) -> None:
         self._client.disconnect()

@@ -51,14 +51,7 @@ async def test_compressed_days_arrive_complete_through_drops_and_an_outage(
                 stats = fleet.stats()
         assert path.cuts >= 2 and stats.sessions_started > 6
 
-        def complete() -> bool:
-            got: dict[str, set[int]] = {}
-            for topic, payload in list(collector.raw):
-                m = decode_uplink(topic, payload, datetime.now(UTC))
-                got.setdefault(m.device_id, set()).add(m.seq)
-            return all(set(range(n)) <= got.get(d, set()) for d, n in next_seq.items())
-
-        await collector.wait_for(complete, 10)
+        await collector.wait_for(lambda: collector.has_every_seq(next_seq), 10)
         msgs = [decode_uplink(t, p, datetime.now(UTC)) for t, p in collector.raw]
         starts = {m.session_id for m in msgs if isinstance(m, SessionStart)}
         assert starts == {m.session_id for m in msgs if isinstance(m, SessionEnd)}
@@ -137,13 +130,6 @@ async def test_connectivity_challenged_users_lose_their_link_and_nothing_else(
         # a first connect each, and a reconnect after every drop but perhaps each device's last one
         assert sum(connects) >= drops
 
-        def complete() -> bool:
-            got: dict[str, set[int]] = {}
-            for topic, payload in list(collector.raw):
-                m = decode_uplink(topic, payload, datetime.now(UTC))
-                got.setdefault(m.device_id, set()).add(m.seq)
-            return all(set(range(n)) <= got.get(d, set()) for d, n in next_seq.items())
-
-        await collector.wait_for(complete, 10)
+        await collector.wait_for(lambda: collector.has_every_seq(next_seq), 10)
     finally:
         collector.close()
