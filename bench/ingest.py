@@ -63,24 +63,28 @@ def sample_batches(messages: list[Message], per_batch: int) -> list[Batch[int]]:
     return out
 
 
+def copy_rate(conn: psycopg.Connection[Any], target: str, batches: list[Batch[int]]) -> float:
+    """Binary COPY of the batches' sample rows into `target`, one COPY and commit per batch: rows/s."""
+    t0 = time.perf_counter()
+    for b in batches:
+        with conn.cursor().copy(SAMPLES.copy_into(target)) as copy:
+            copy.set_types(list(SAMPLES.types))
+            for r in b.samples:
+                copy.write_row(r)
+        conn.commit()
+    return sum(len(b.samples) for b in batches) / (time.perf_counter() - t0)
+
+
 def raw_copy_rate(dsn: str, batches: list[Batch[int]]) -> float:
     """The same sample rows, binary COPY into a plain table (no index, no partitions), one COPY per batch."""
-    rows = [r for b in batches for r in b.samples]
     cols = ", ".join(f"{c} {t}" for c, t in zip(SAMPLES.columns, SAMPLES.types, strict=True))
     with psycopg.connect(dsn) as conn:
         conn.execute(f"CREATE TABLE bench_raw_samples ({cols})")
         conn.commit()
-        t0 = time.perf_counter()
-        for b in batches:
-            with conn.cursor().copy(SAMPLES.copy_into("bench_raw_samples")) as copy:
-                copy.set_types(list(SAMPLES.types))
-                for r in b.samples:
-                    copy.write_row(r)
-            conn.commit()
-        elapsed = time.perf_counter() - t0
+        rate = copy_rate(conn, "bench_raw_samples", batches)
         conn.execute("DROP TABLE bench_raw_samples")
         conn.commit()
-    return len(rows) / elapsed
+    return rate
 
 
 def schema_copy_rate(dsn: str, batches: list[Batch[int]]) -> float:
@@ -88,15 +92,7 @@ def schema_copy_rate(dsn: str, batches: list[Batch[int]]) -> float:
     trigger): what the schema itself costs, before any idempotency or MQTT."""
     truncate(dsn)
     with psycopg.connect(dsn) as conn:
-        t0 = time.perf_counter()
-        for b in batches:
-            with conn.cursor().copy(SAMPLES.copy_into("samples")) as copy:
-                copy.set_types(list(SAMPLES.types))
-                for r in b.samples:
-                    copy.write_row(r)
-            conn.commit()
-        elapsed = time.perf_counter() - t0
-    return sum(len(b.samples) for b in batches) / elapsed
+        return copy_rate(conn, "samples", batches)
 
 
 def truncate(dsn: str) -> None:
