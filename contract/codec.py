@@ -15,14 +15,14 @@ import msgspec
 
 from contract import SCHEMA_VERSION
 from contract.errors import ContractError, Reason
-from contract.limits import check_ranges
-from contract.messages import Notice, SafetyGate, UplinkMessage, kind_of
-from contract.topics import Downlink, parse_downlink, parse_uplink
+from contract.limits import MAX_FUTURE_SKEW, check_ranges
+from contract.messages import CommitMark, Notice, SafetyGate, SyncRequest, UplinkMessage, kind_of
+from contract.topics import Downlink, Uplink, parse_downlink, parse_uplink
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 SUPPORTED_VERSIONS = frozenset({SCHEMA_VERSION})
 
-M = TypeVar("M", bound="UplinkMessage | DownlinkMessage")
+M = TypeVar("M", bound="UplinkMessage | DownlinkMessage | SyncRequest")
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[UplinkMessage] = msgspec.json.Decoder(UplinkMessage)
 
@@ -74,6 +74,8 @@ def decode_uplink(
     if len(payload) > max_bytes:
         raise ContractError(Reason.OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
     parsed = parse_uplink(topic)
+    if parsed.kind is Uplink.SYNC:
+        raise ContractError(Reason.TOPIC_MISMATCH, f"{topic!r} carries sync requests: decode_sync reads them")
     message = _strict_decode(_decoder, payload)
     if kind_of(message) is not parsed.kind:
         raise ContractError(Reason.TOPIC_MISMATCH, f"body kind {kind_of(message).value!r} on topic {topic!r}")
@@ -86,24 +88,53 @@ def decode_uplink(
     return message
 
 
+_sync_decoder: msgspec.json.Decoder[SyncRequest] = msgspec.json.Decoder(SyncRequest)
+
+
+def decode_sync(
+    topic: str, payload: bytes, now: datetime, *, max_bytes: int = MAX_PAYLOAD_BYTES
+) -> SyncRequest:
+    """Decode a device's SyncRequest on `mf/v1/<id>/up/sync`, or raise ContractError saying why not."""
+    if len(payload) > max_bytes:
+        raise ContractError(Reason.OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
+    parsed = parse_uplink(topic)
+    if parsed.kind is not Uplink.SYNC:
+        raise ContractError(Reason.TOPIC_MISMATCH, f"a sync request on {topic!r}")
+    message = _strict_decode(_sync_decoder, payload)
+    if message.device_id != parsed.device_id:
+        raise ContractError(
+            Reason.DEVICE_MISMATCH,
+            f"body device_id {message.device_id!r} != topic device {parsed.device_id!r}",
+        )
+    if message.floor > message.next_seq:
+        raise ContractError(Reason.OUT_OF_RANGE, f"floor {message.floor} > next_seq {message.next_seq}")
+    if message.ts > now + MAX_FUTURE_SKEW:
+        raise ContractError(Reason.OUT_OF_RANGE, f"ts={message.ts.isoformat()} is in the future")
+    return message
+
+
 def decode_any(payload: bytes) -> UplinkMessage:
     """Decode without topic checks (the edge outbox reading its own rows, tests, tools)."""
     return _decoder.decode(payload)
 
 
-DownlinkMessage = Notice | SafetyGate
-_DOWNLINK_KIND: dict[Downlink, type[DownlinkMessage]] = {Downlink.NOTICE: Notice, Downlink.GATE: SafetyGate}
+DownlinkMessage = Notice | SafetyGate | CommitMark
+_DOWNLINK_KIND: dict[Downlink, type[DownlinkMessage]] = {
+    Downlink.NOTICE: Notice,
+    Downlink.GATE: SafetyGate,
+    Downlink.COMMITTED: CommitMark,
+}
 _downlink_decoder: msgspec.json.Decoder[DownlinkMessage] = msgspec.json.Decoder(DownlinkMessage)
 
 
 def decode_downlink(topic: str, payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> DownlinkMessage:
-    """Decode a notice or safety gate addressed to one device (the agent's side of the contract)."""
+    """Decode a notice, safety gate or commit mark addressed to one device (the agent's side)."""
     if len(payload) > max_bytes:
         raise ContractError(Reason.OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
     device_id, kind = parse_downlink(topic)
     expected = _DOWNLINK_KIND.get(kind)
     if expected is None:
-        raise ContractError(Reason.TOPIC_MISMATCH, f"{kind.value!r} is not a notice or gate topic")
+        raise ContractError(Reason.TOPIC_MISMATCH, f"{kind.value!r} is not a notice, gate or commit topic")
     message = _strict_decode(_downlink_decoder, payload)
     if not isinstance(message, expected):
         raise ContractError(Reason.TOPIC_MISMATCH, f"body is a {type(message).__name__} on {topic!r}")

@@ -203,6 +203,25 @@ class OtaReport(_Uplink, frozen=True, tag=Uplink.OTA.value, omit_defaults=True):
 
 UplinkMessage = SessionStart | SampleBatch | SessionEnd | DeviceEvent | Status | OtaReport
 
+
+class SyncRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", kw_only=True):
+    """On `mf/v1/<id>/up/sync` (QoS 1): the device asks for its commit mark (a CommitMark downlink).
+
+    Not telemetry and not in the outbox: it takes no sequence number of its own. The agent sends one after
+    every (re)connect, when its outbox fills up, and when sent messages stay uncovered by a mark too long.
+    `floor` is the lowest seq its outbox still holds (`next_seq` when it is empty): every seq below it was
+    either committed (covered by an earlier mark) or given up by the outbox's overflow policy, so the cloud
+    may move the device's mark up to `floor - 1` whatever it has seen. `next_seq` is the next number the
+    device will give: a mark at or beyond it belongs to an earlier life of this device id (a reset outbox).
+    """
+
+    schema_version: int = SCHEMA_VERSION
+    device_id: DeviceId
+    ts: AwareDatetime
+    floor: Seq
+    next_seq: Seq
+
+
 KIND_OF: dict[type[_Uplink], Uplink] = {
     SessionStart: Uplink.SESSION_START,
     SampleBatch: Uplink.SAMPLES,
@@ -242,6 +261,16 @@ class Notice(_Downlink, frozen=True, tag="notice", omit_defaults=True):
     text: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
     rule_id: Text = ""
     expires_at: AwareDatetime | None = None
+
+
+class CommitMark(_Downlink, frozen=True, tag="committed"):
+    """On `mf/v1/<id>/down/committed` (QoS 1, not retained): the end-to-end acknowledgement. Every message
+    of this device with `seq <= through` is committed in the cloud's database (stored, or quarantined with
+    its reason for a replay), or lies below a floor the device reported in a SyncRequest. The agent deletes
+    those from its outbox and keeps (and in time re-sends) everything above. `through` is -1 before the
+    first commit. Cumulative and monotonic: a lower mark than one already applied changes nothing."""
+
+    through: Annotated[int, msgspec.Meta(ge=-1, le=2**63 - 1)]
 
 
 class SafetyGate(_Downlink, frozen=True, tag="gate", omit_defaults=True):

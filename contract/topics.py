@@ -29,6 +29,7 @@ class Uplink(StrEnum):
     EVENT = "event"
     STATUS = "status"
     OTA = "ota"  # firmware update progress: OtaReport (contract/ota.py)
+    SYNC = "sync"  # "tell me my commit mark": SyncRequest (no seq of its own; not telemetry)
 
 
 class Downlink(StrEnum):
@@ -38,6 +39,7 @@ class Downlink(StrEnum):
     OTA = "ota"  # retained: the firmware job the device should carry out
     NOTICE = "notice"  # QoS 1, not retained: a message for the user
     GATE = "gate"  # retained: the safety gate (sessions blocked by a contraindication, or not)
+    COMMITTED = "committed"  # QoS 1, not retained: CommitMark, "every seq <= through is committed"
 
 
 class ParsedTopic(NamedTuple):
