@@ -204,7 +204,9 @@ class OtaReport(_Uplink, frozen=True, tag=Uplink.OTA.value, omit_defaults=True):
 UplinkMessage = SessionStart | SampleBatch | SessionEnd | DeviceEvent | Status | OtaReport
 
 
-class SyncRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", kw_only=True):
+class SyncRequest(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", tag="sync", kw_only=True
+):
     """On `mf/v1/<id>/up/sync` (QoS 1): the device asks for its commit mark (a CommitMark downlink).
 
     Not telemetry and not in the outbox: it takes no sequence number of its own. The agent sends one after

@@ -15,6 +15,7 @@ from contract import limits
 from contract.codec import DownlinkMessage
 from contract.messages import (
     MAX_SAMPLES_PER_BATCH,
+    CommitMark,
     DeviceEvent,
     DeviceState,
     EndReason,
@@ -30,6 +31,7 @@ from contract.messages import (
     SessionSummary,
     Severity,
     Status,
+    SyncRequest,
     UplinkMessage,
     Zone,
     ZoneDwell,
@@ -226,9 +228,25 @@ safety_gates = st.builds(
     text=st.text(max_size=500),
 )
 
+commit_marks = st.builds(
+    CommitMark,
+    device_id=device_ids,
+    ts=aware_datetimes(),
+    through=st.integers(min_value=-1, max_value=2**63 - 1),
+)
+
+
+@st.composite
+def sync_requests(draw: st.DrawFn) -> SyncRequest:
+    next_seq = draw(st.integers(min_value=0, max_value=2**63 - 1))
+    floor = draw(st.integers(min_value=0, max_value=next_seq))
+    return SyncRequest(device_id=draw(device_ids), ts=draw(aware_datetimes()), floor=floor, next_seq=next_seq)
+
+
 DOWNLINK_STRATEGIES: dict[type[DownlinkMessage], st.SearchStrategy[DownlinkMessage]] = {
     Notice: notices,
     SafetyGate: safety_gates,
+    CommitMark: commit_marks,
 }
 
 downlink_messages: st.SearchStrategy[DownlinkMessage] = st.one_of(*DOWNLINK_STRATEGIES.values())

@@ -19,15 +19,17 @@ from hypothesis import given, settings
 from cloud.config import CloudConfig
 from contract import codec, messages, topics
 from contract.codec import DownlinkMessage
-from contract.messages import UplinkMessage
-from tests.contract.strategies import downlink_messages, uplink_messages
+from contract.messages import SyncRequest, UplinkMessage
+from tests.contract.strategies import downlink_messages, sync_requests, uplink_messages
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"
 DOC: dict[str, Any] = yaml.safe_load(DOC_PATH.read_text(encoding="utf-8"))
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)  # after every example's timestamps
 UPLINK_TYPES: dict[str, type[UplinkMessage]] = {t.__name__: t for t in get_args(UplinkMessage)}
 DOWNLINK_TYPES: dict[str, type[DownlinkMessage]] = {t.__name__: t for t in get_args(DownlinkMessage)}
-MESSAGE_TYPES: dict[str, type[UplinkMessage | DownlinkMessage]] = {**UPLINK_TYPES, **DOWNLINK_TYPES}
+# the sync request is an uplink kind but not telemetry (no seq, not in UplinkMessage): documented all the same
+Message = UplinkMessage | DownlinkMessage | SyncRequest
+MESSAGE_TYPES: dict[str, type[Message]] = {**UPLINK_TYPES, **DOWNLINK_TYPES, "SyncRequest": SyncRequest}
 Kind = topics.Uplink | topics.Downlink
 PLACEHOLDER = "{deviceId}"
 
@@ -78,7 +80,7 @@ def examples() -> list[Any]:
     ]
 
 
-def validator_for(message_type: type[UplinkMessage | DownlinkMessage]) -> jsonschema.Draft7Validator:
+def validator_for(message_type: type[Message]) -> jsonschema.Draft7Validator:
     schema = {"$ref": f"#/components/schemas/{message_type.__name__}", "components": DOC["components"]}
     return jsonschema.Draft7Validator(schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
 
@@ -133,10 +135,11 @@ def test_every_tagged_struct_of_contract_messages_is_documented() -> None:
     assert tagged <= set(DOC["components"]["messages"])
 
 
-def kind_of_type(message_type: type[UplinkMessage | DownlinkMessage]) -> Kind:
+def kind_of_type(message_type: type[Message]) -> Kind:
     tag = message_type.__struct_config__.tag
     assert isinstance(tag, str)
-    return topics.Uplink(tag) if message_type in UPLINK_TYPES.values() else topics.Downlink(tag)
+    is_uplink = message_type in UPLINK_TYPES.values() or message_type is SyncRequest
+    return topics.Uplink(tag) if is_uplink else topics.Downlink(tag)
 
 
 @pytest.mark.parametrize(("channel", "message", "example"), examples())
@@ -147,9 +150,11 @@ def test_example_decodes_with_the_codec(
     topic = channel["address"].replace(PLACEHOLDER, payload["device_id"])
     raw = json.dumps(payload).encode()  # YAML dates must be quoted strings, or this fails
 
-    decoded: UplinkMessage | DownlinkMessage
+    decoded: Message
     if "/down/" in topic:
         decoded = codec.decode_downlink(topic, raw)
+    elif topic.endswith("/up/sync"):
+        decoded = codec.decode_sync(topic, raw, NOW)
     else:
         decoded = codec.decode_uplink(topic, raw, NOW)
         assert decoded.seq == payload["seq"]
@@ -171,13 +176,13 @@ def test_every_message_has_an_example() -> None:
 
 
 @settings(max_examples=200)
-@given(message=uplink_messages | downlink_messages)
-def test_documented_schemas_accept_what_the_codec_encodes(message: UplinkMessage | DownlinkMessage) -> None:
+@given(message=uplink_messages | downlink_messages | sync_requests())
+def test_documented_schemas_accept_what_the_codec_encodes(message: Message) -> None:
     validator_for(type(message)).validate(msgspec.json.decode(codec.encode(message)))
 
 
 def test_documented_schemas_have_the_fields_and_enums_of_the_code() -> None:
-    _, generated = msgspec.json.schema_components([UplinkMessage, DownlinkMessage])
+    _, generated = msgspec.json.schema_components([UplinkMessage, DownlinkMessage, SyncRequest])
     documented = DOC["components"]["schemas"]
     for name, schema in generated.items():
         doc = documented[name]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from contract import codec, topics
 from contract.codec import DownlinkMessage
 from contract.errors import ContractError
-from contract.messages import Notice, UplinkMessage, kind_of
+from contract.messages import UplinkMessage, kind_of
 from tests.contract.strategies import (
     DOWNLINK_STRATEGIES,
     NOW,
@@ -109,8 +109,9 @@ def test_truncated_payloads_are_rejected(message: UplinkMessage, cut: int) -> No
 
 
 def downlink_topic_for(message: DownlinkMessage) -> str:
-    kind = topics.Downlink.NOTICE if isinstance(message, Notice) else topics.Downlink.GATE
-    return topics.downlink(message.device_id, kind)
+    tag = type(message).__struct_config__.tag
+    assert isinstance(tag, str)
+    return topics.downlink(message.device_id, topics.Downlink(tag))
 
 
 @pytest.mark.parametrize("message_type", list(DOWNLINK_STRATEGIES), ids=lambda t: t.__name__)
