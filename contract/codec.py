@@ -44,7 +44,7 @@ _BOUND = re.compile(r"^Expected `(int|float)` (<=|>=|<|>) ")
 def _schema_error(payload: bytes, exc: msgspec.ValidationError) -> ContractError:
     try:
         version = _probe.decode(payload).schema_version
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         version = SCHEMA_VERSION
     if version not in SUPPORTED_VERSIONS:
         return ContractError(Reason.UNKNOWN_VERSION, f"schema_version {version} is not supported ({exc})")
@@ -61,6 +61,8 @@ def _strict_decode(decoder: msgspec.json.Decoder[M], payload: bytes) -> M:
         raise _schema_error(payload, exc) from None
     except msgspec.DecodeError as exc:
         raise ContractError(Reason.NOT_JSON, str(exc)) from None
+    except RecursionError:  # msgspec's nesting limit: valid JSON, but no message of ours is that deep
+        raise ContractError(Reason.NOT_JSON, "JSON nested too deeply") from None
     version = message.schema_version
     if version not in SUPPORTED_VERSIONS:
         raise ContractError(Reason.UNKNOWN_VERSION, f"schema_version {version} is not supported")
