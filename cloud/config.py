@@ -14,6 +14,7 @@ DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
 class CloudConfig:
     database_url: str = DEFAULT_DATABASE_URL
     mqtt_url: str = DEFAULT_MQTT_URL
+    mqtt_ca_file: str | None = None  # a CA bundle to trust for mqtts:// (default: the system's)
     # ingest
     ingest_group: str = "ingest"
     consumer_id: str = "ingest-1"
@@ -21,6 +22,11 @@ class CloudConfig:
     batch_max_delay_s: float = 0.05
     receive_maximum: int = 8000
     session_expiry_s: int = 7 * 24 * 3600
+    # commit marks (CommitMark downlinks): after mark_delay_s since a device's first unsent advance, or
+    # after mark_every messages, looked for every mark_interval_s
+    mark_delay_s: float = 10.0
+    mark_every: int = 100
+    mark_interval_s: float = 1.0
     # identity: the broker's dynamic-security admin, and the broker address handed to devices
     broker_admin_url: str = "mqtt://admin@127.0.0.1:1883"
     device_mqtt_url: str = DEFAULT_MQTT_URL
@@ -31,12 +37,16 @@ class CloudConfig:
         values: dict[str, object] = {
             "database_url": e.get("MICROFLEET_DATABASE_URL", DEFAULT_DATABASE_URL),
             "mqtt_url": e.get("MICROFLEET_MQTT_URL", DEFAULT_MQTT_URL),
+            "mqtt_ca_file": e.get("MICROFLEET_MQTT_CA_FILE") or None,
             "ingest_group": e.get("MICROFLEET_INGEST_GROUP", "ingest"),
             "consumer_id": e.get("MICROFLEET_CONSUMER_ID", "ingest-1"),
             "batch_max_messages": int(e.get("MICROFLEET_BATCH_MAX_MESSAGES", "2000")),
             "batch_max_delay_s": float(e.get("MICROFLEET_BATCH_MAX_DELAY_S", "0.05")),
             "receive_maximum": int(e.get("MICROFLEET_RECEIVE_MAXIMUM", "8000")),
             "session_expiry_s": int(e.get("MICROFLEET_SESSION_EXPIRY_S", str(7 * 24 * 3600))),
+            "mark_delay_s": float(e.get("MICROFLEET_MARK_DELAY_S", "10.0")),
+            "mark_every": int(e.get("MICROFLEET_MARK_EVERY", "100")),
+            "mark_interval_s": float(e.get("MICROFLEET_MARK_INTERVAL_S", "1.0")),
             "broker_admin_url": e.get("MICROFLEET_BROKER_ADMIN_URL", "mqtt://admin@127.0.0.1:1883"),
             "device_mqtt_url": e.get(
                 "MICROFLEET_DEVICE_MQTT_URL", e.get("MICROFLEET_MQTT_URL", DEFAULT_MQTT_URL)

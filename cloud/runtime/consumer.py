@@ -1,0 +1,227 @@
+"""A manual-ack MQTT 5 consumer of shared subscriptions (ingest, alerts), on cloud.runtime.mqtt.
+
+What we measured (mosquitto 2.0.11, paho-mqtt 2.2; see bench/ingest.py's docstring):
+- the client's CONNECT Receive Maximum is the broker's outgoing QoS 1 window for it: a consumer that
+  never acks holds exactly that many messages. It is our back-pressure: on_message only hands the
+  message over, it never waits (paho #657), and the owner's backlog is bounded by it.
+- `client.ack(mid, 1)` from another thread is safe in paho 2 (queued under paho's lock).
+- packet ids are per connection: after a reconnect the broker resends unacked messages and may reuse an
+  id. A token carries the connection generation; acks of an older generation are dropped (the broker
+  redelivers those messages; idempotent writes absorb the duplicate).
+- stable client ids + clean_start=False + Session Expiry keep a member's unacked messages across its
+  crash and broker restarts (mosquitto #2662): restart a consumer with the same id.
+- mosquitto does not restore SHARED subscriptions after a broker restart, even for a persisted session
+  that reconnects with session_present: so the filters are subscribed on every connect. Until a member
+  is back, the broker acknowledges a publish to the group with 0x10 and drops it (the edge's outbox
+  re-sends what the commit mark does not cover).
+- the broker hands each member of a group its turn, connected or not. A member that stops on purpose
+  must `leave()`: unsubscribe, finish and ack what it holds, and end its session (Session Expiry 0 on
+  DISCONNECT); otherwise every other message waits in its session (a week). A crash keeps the session.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+import paho.mqtt.client as mqtt
+
+from cloud.runtime.mqtt import MqttClient
+from cloud.runtime.threads import guarded
+
+log = logging.getLogger(__name__)
+
+
+class AckToken(NamedTuple):
+    generation: int
+    mid: int
+    qos: int
+
+
+OnMessage = Callable[[str, bytes, AckToken], None]
+
+
+class Consumer:
+    """`filters`: the (shared) topic filters, subscribed at QoS 1 on every connect; `stale`: filters a
+    persisted session may still hold from an earlier version, unsubscribed when the session is present."""
+
+    def __init__(
+        self,
+        *,
+        mqtt_url: str,
+        client_id: str,
+        filters: Sequence[str],
+        on_message: OnMessage,
+        stale: Sequence[str] = (),
+        receive_maximum: int = 8000,
+        session_expiry_s: int = 7 * 24 * 3600,
+        keepalive_s: int = 30,
+        ca_file: str | None = None,
+    ) -> None:
+        self.client_id = client_id
+        self.filters = list(filters)
+        self.subscription = ", ".join(self.filters)
+        self._stale = [f for f in stale if f not in self.filters]
+        self._on_message = on_message
+        self.mqtt = MqttClient(
+            mqtt_url,
+            client_id,
+            ca_file=ca_file,
+            manual_ack=True,
+            keepalive_s=keepalive_s,
+            clean_start=False,
+            session_expiry_s=session_expiry_s,
+            receive_maximum=receive_maximum,
+        )
+        self.client = self.mqtt.client
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._connected = False
+        self._leaving = False
+        self._outstanding = 0  # QoS > 0 messages of this connection handed over and not acked yet
+        self._last_message = 0.0
+        self._unsubacked = threading.Event()
+        self._unsub_failure = ""
+        self.connected_event = self.mqtt.connected
+        self.subscribed_event = threading.Event()
+        self.refused_event = threading.Event()  # the broker refused a subscription (see subscribe_error)
+        self.subscribe_error = ""
+        self.acks_dropped = 0
+        self.mqtt.on_up.append(self._up)
+        self.mqtt.on_down.append(self._down)
+        self.client.on_subscribe = guarded(f"MQTT {client_id} on_subscribe", self._handle_subscribe)
+        self.client.on_unsubscribe = guarded(f"MQTT {client_id} on_unsubscribe", self._handle_unsubscribe)
+        self.client.on_message = guarded(f"MQTT {client_id} on_message", self._handle_message)
+
+    @property
+    def connects(self) -> int:
+        return self.mqtt.connects
+
+    @property
+    def redacted_url(self) -> str:
+        return self.mqtt.redacted
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.mqtt.start()
+
+    def stop(self) -> None:
+        """Disconnect keeping the session (its unacked and queued messages stay with the broker)."""
+        self.mqtt.stop()
+        self.subscribed_event.clear()
+
+    def leave(self, *, timeout_s: float = 15.0, quiet_s: float = 0.5) -> bool:
+        """Leave the group for good (SIGTERM, scale-in): unsubscribe and wait for the UNSUBACK, keep
+        handing over what the session still delivers until every message is acked and none came for
+        `quiet_s`, then DISCONNECT with Session Expiry 0 (the broker discards the session). The owner must
+        keep processing and acking meanwhile. If that does not finish within `timeout_s` (database down,
+        connection lost), disconnect keeping the session, so that nothing held is lost; returns False."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            self._leaving = True
+            generation, connected = self._generation, self._connected
+        if not connected:
+            log.warning("%s: not connected, cannot leave the group; the session is kept", self.client_id)
+            self.stop()
+            return False
+        self._unsubacked.clear()
+        rc, _mid = self.client.unsubscribe(self.filters)
+        if rc != mqtt.MQTT_ERR_SUCCESS or not self._unsubacked.wait(max(0.0, deadline - time.monotonic())):
+            log.warning("%s: no UNSUBACK; the session is kept", self.client_id)
+            self.stop()
+            return False
+        if self._unsub_failure:
+            log.error(
+                "%s: the broker refused the unsubscribe (%s); session kept",
+                self.client_id,
+                self._unsub_failure,
+            )
+            self.stop()
+            return False
+        while time.monotonic() < deadline:
+            with self._lock:
+                same = self._connected and self._generation == generation
+                idle = self._outstanding == 0 and time.monotonic() - self._last_message >= quiet_s
+            if not same:
+                break
+            if idle:
+                self.mqtt.stop(end_session=True)
+                self.subscribed_event.clear()
+                log.info("%s left the group %s: all acked, session ended", self.client_id, self.subscription)
+                return True
+            time.sleep(0.02)
+        with self._lock:
+            held = self._outstanding
+        log.warning(
+            "%s could not leave the group cleanly (%d messages not acked); the session is kept",
+            self.client_id,
+            held,
+        )
+        self.stop()
+        return False
+
+    # -- acks -------------------------------------------------------------------------------------------
+    def ack(self, tokens: Iterable[AckToken]) -> int:
+        """Acknowledge committed messages; returns how many acks were sent (stale ones are dropped)."""
+        sent = 0
+        with self._lock:
+            generation, connected = self._generation, self._connected
+            for token in tokens:
+                if token.qos == 0:
+                    continue
+                if connected and token.generation == generation:
+                    self.client.ack(token.mid, token.qos)
+                    sent += 1
+                else:
+                    self.acks_dropped += 1
+            self._outstanding -= sent
+        return sent
+
+    # -- network thread -------------------------------------------------------------------------------
+    def _up(self, session_present: bool) -> None:
+        with self._lock:
+            self._generation += 1
+            self._connected = True
+            self._outstanding = 0
+            leaving = self._leaving
+        if leaving:
+            return
+        if session_present and self._stale:
+            self.client.unsubscribe(self._stale)
+        self.client.subscribe([(f, 1) for f in self.filters])
+
+    def _down(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._connected = False
+            self._outstanding = 0
+        self.subscribed_event.clear()
+
+    def _handle_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reason_codes: Any, _p: Any) -> None:
+        refused = [(f, str(rc)) for f, rc in zip(self.filters, reason_codes, strict=False) if rc.is_failure]
+        if refused:
+            self.subscribe_error = "; ".join(f"{f}: {rc}" for f, rc in refused)
+            log.error("%s: the broker refused the subscription %s", self.client_id, self.subscribe_error)
+            self.refused_event.set()
+            return
+        self.subscribe_error = ""
+        log.info("%s subscribed to %s", self.client_id, self.subscription)
+        self.subscribed_event.set()
+
+    def _handle_unsubscribe(self, _c: mqtt.Client, _u: Any, mid: int, reason_codes: Any, _p: Any) -> None:
+        if not self._leaving:
+            return  # the stale filters of a persisted session
+        bad = [str(rc) for rc in reason_codes if rc.is_failure]
+        self._unsub_failure = ", ".join(bad)
+        self._unsubacked.set()
+
+    def _handle_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            generation = self._generation
+            if msg.qos > 0:
+                self._outstanding += 1
+            self._last_message = time.monotonic()
+        self._on_message(msg.topic, bytes(msg.payload), AckToken(generation, msg.mid, msg.qos))

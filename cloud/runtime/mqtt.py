@@ -1,0 +1,204 @@
+"""One MQTT client for every cloud service: URL -> a configured paho-mqtt 2 MQTT 5 client with its network
+thread, TLS (with an optional CA file) and credentials, a capped jittered reconnect backoff, a connection
+state, and a redacted URL for logs (never a password in a log line).
+
+    conn = MqttClient(url, "alerts-1-down", ca_file=cfg.mqtt_ca_file)
+    conn.on_up.append(lambda session_present: ...)      # run on EVERY connect (paho's network thread)
+    conn.start(); conn.wait_connected(10); ...; conn.stop()
+
+The consumer (cloud.runtime.consumer) and the publisher (cloud.runtime.publisher) are built on it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from cloud.runtime.threads import guarded
+from contract.mqtturl import parse_mqtt_url
+
+log = logging.getLogger(__name__)
+
+
+def redact(url: str) -> str:
+    """The URL without its password (`mqtt://user:***@host:port`), for log lines and errors."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable MQTT URL>"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with jitter (pure): each delay lies in [c/2, c], c = min(cap, base*2^n),
+    so a fleet of consumers that lost the same broker does not come back in lockstep."""
+
+    base_s: float = 0.5
+    cap_s: float = 10.0
+    rng: Callable[[], float] = field(default=random.random, repr=False)
+    attempt: int = 0
+
+    def next(self) -> float:
+        ceiling = min(self.cap_s, self.base_s * 2 ** min(self.attempt, 30))
+        self.attempt += 1
+        jitter: float = self.rng()
+        return ceiling / 2 + jitter * ceiling / 2
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"  # lost or refused; paho reconnects after the backoff
+    STOPPED = "stopped"
+
+
+def properties(packet: int, **values: int) -> Properties:
+    props = Properties(packet)  # type: ignore[no-untyped-call]
+    for name, value in values.items():
+        setattr(props, name, value)
+    return props
+
+
+class MqttClient:
+    """A paho MQTT 5 client configured from a URL, with its own network thread (owned: start/stop).
+
+    `on_up` callbacks run on every successful connect with `session_present`; `on_down` on every loss.
+    Both run on paho's network thread: they must not block; an exception in one is fatal (threads.fatal).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        *,
+        ca_file: str | None = None,
+        manual_ack: bool = False,
+        keepalive_s: int = 30,
+        clean_start: bool = True,
+        session_expiry_s: int | None = None,
+        receive_maximum: int | None = None,
+        inflight: int | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.address = parse_mqtt_url(url)
+        self.redacted = redact(url)
+        self.client_id = client_id
+        self.state = State.IDLE
+        self.connected = threading.Event()
+        self.connects = 0
+        self.refusal = ""  # the broker's last CONNACK refusal, or why the connection failed
+        self.on_up: list[Callable[[bool], None]] = []
+        self.on_down: list[Callable[[], None]] = []
+        self._keepalive_s = keepalive_s
+        self._clean_start = clean_start
+        self._backoff = backoff or Backoff()
+        connect: dict[str, int] = {}
+        if session_expiry_s is not None:
+            connect["SessionExpiryInterval"] = session_expiry_s
+        if receive_maximum is not None:
+            connect["ReceiveMaximum"] = receive_maximum
+        self._connect_props = properties(PacketTypes.CONNECT, **connect) if connect else None
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack
+        )
+        if self.address.username:
+            c.username_pw_set(self.address.username, self.address.password)
+        if self.address.tls or ca_file:
+            c.tls_set(ca_certs=ca_file)
+        if inflight is not None:
+            c.max_inflight_messages_set(inflight)
+        self._set_delay(c)
+        c.on_connect = guarded(f"MQTT {client_id} on_connect", self._handle_connect)
+        c.on_disconnect = guarded(f"MQTT {client_id} on_disconnect", self._handle_disconnect)
+        c.on_connect_fail = guarded(f"MQTT {client_id} on_connect_fail", self._handle_connect_fail)
+        self.client = c
+
+    def __repr__(self) -> str:
+        return f"MqttClient({self.client_id!r}, {self.redacted!r}, {self.state.value})"
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background (retried with backoff until stop) and start paho's network thread."""
+        self.state = State.CONNECTING
+        clean: Any = self._clean_start
+        self.client.connect_async(
+            self.address.host,
+            self.address.port,
+            keepalive=self._keepalive_s,
+            clean_start=clean,
+            properties=self._connect_props,
+        )
+        self.client.loop_start()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self.connected.wait(timeout_s)
+
+    def stop(self, *, end_session: bool = False) -> None:
+        """Disconnect and join paho's thread. `end_session`: DISCONNECT with Session Expiry Interval 0, so
+        the broker discards this client's session (and stops queueing for it); otherwise it keeps it."""
+        if self.state is State.STOPPED:
+            return
+        self.state = State.STOPPED
+        props = properties(PacketTypes.DISCONNECT, SessionExpiryInterval=0) if end_session else None
+        self.client.disconnect(properties=props)
+        self.client.loop_stop()
+        self.connected.clear()
+
+    # -- paho callbacks (network thread) --------------------------------------------------------------
+    def _set_delay(self, c: mqtt.Client) -> None:
+        delay: Any = self._backoff.next()  # paho annotates int; any number of seconds works
+        c.reconnect_delay_set(min_delay=delay, max_delay=delay)
+
+    def _handle_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            self.refusal = str(rc)
+            log.warning("%s: the broker at %s refused the connection: %s", self.client_id, self.redacted, rc)
+            return
+        self._backoff.reset()
+        self.state = State.CONNECTED
+        self.connects += 1
+        self.refusal = ""
+        session_present = bool(flags.session_present)
+        log.info("%s connected to %s (session present: %s)", self.client_id, self.redacted, session_present)
+        for up in list(self.on_up):
+            up(session_present)
+        self.connected.set()
+
+    def _handle_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        was = self.connected.is_set()
+        self.connected.clear()
+        for down in list(self.on_down):
+            down()
+        if self.state is State.STOPPED:
+            return
+        self.state = State.DISCONNECTED
+        self._set_delay(client)
+        if was:
+            log.warning("%s disconnected from %s (%s); reconnecting", self.client_id, self.redacted, rc)
+
+    def _handle_connect_fail(self, client: mqtt.Client, _u: Any) -> None:
+        if self.state is not State.STOPPED:
+            self.state = State.DISCONNECTED
+            self.refusal = "unreachable"
+            self._set_delay(client)
+            log.debug("%s: %s unreachable; retrying", self.client_id, self.redacted)
