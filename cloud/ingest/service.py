@@ -1,14 +1,18 @@
-"""Composition root of one ingest process: consumer (paho thread) -> handoff -> writer thread -> acks.
+"""Composition root of one ingest process: consumer (paho thread) -> handoff -> writer thread -> acks,
+and the commit marks back to the devices.
 
-Threads, each owned and joined by IngestService: paho's network thread (Consumer), the writer thread
-(one transaction per batch, acks after COMMIT) and the ticker (live counters every few seconds, the
-database housekeeping job every few minutes). `run()` stops cleanly on SIGTERM/SIGINT: the writer
-flushes what is pending, commits and acks it, then the client disconnects (its persistent session
-keeps anything that arrived later, for the next start with the same consumer id).
+Threads, each owned and joined by IngestService (cloud.runtime.threads: one that dies takes the process
+down): paho's network threads (Consumer, and the Publisher of commit marks), the writer thread (one
+transaction per batch, acks after COMMIT), the mark sender (every mark_interval_s: the devices whose
+commit mark is due get a CommitMark downlink) and the ticker (live counters every few seconds, the
+database housekeeping job every few minutes). `run()` stops on SIGTERM/SIGINT by leaving the group:
+unsubscribe, the writer commits and acks what it holds, then DISCONNECT with session expiry 0 (a
+scale-in strands nothing in a stopped member's session). A crash (SIGKILL) keeps the session.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
 import threading
@@ -25,6 +29,12 @@ from cloud.ingest.batcher import DEFAULT_LATE_HORIZON, Batch, Batcher
 from cloud.ingest.consumer import AckToken, Consumer
 from cloud.ingest.handoff import Handoff, utc_now
 from cloud.ingest.writer import BatchWriter, Strategy, WriteResult
+from cloud.runtime.db import Database
+from cloud.runtime.publisher import Outgoing, Publisher
+from cloud.runtime.threads import Threads
+from contract import topics
+from contract.codec import encode
+from contract.messages import CommitMark
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +42,8 @@ LATE_MARGIN = timedelta(days=1)
 STATS_INTERVAL_S = 5.0
 HOUSEKEEPING_INTERVAL_S = 300.0
 STOP_GRACE_S = 15.0
+MARK_LIMIT = 1000  # commit marks claimed per round
+MARK_PUBACK_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -43,6 +55,8 @@ class Stats:
     retries: int = 0
     commit_s_total: float = 0.0
     commit_s_max: float = 0.0
+    marks_sent: int = 0
+    marks_failed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, r: WriteResult) -> None:
@@ -61,8 +75,14 @@ class Stats:
             return (
                 f"messages={self.messages} samples={self.samples} quarantined={self.quarantined} "
                 f"batches={self.batches} retries={self.retries} commit_ms_mean={mean_ms:.1f} "
-                f"commit_ms_max={1000 * self.commit_s_max:.1f}"
+                f"commit_ms_max={1000 * self.commit_s_max:.1f} marks_sent={self.marks_sent} "
+                f"marks_failed={self.marks_failed}"
             )
+
+    def record_marks(self, sent: int, failed: int) -> None:
+        with self.lock:
+            self.marks_sent += sent
+            self.marks_failed += failed
 
 
 def late_horizon_of(dsn: str) -> timedelta:
@@ -77,6 +97,65 @@ def late_horizon_of(dsn: str) -> timedelta:
         return DEFAULT_LATE_HORIZON
     horizon: timedelta = row[0] - LATE_MARGIN
     return horizon
+
+
+class MarkSender:
+    """Claims the devices whose commit mark is due (cloud.ingest.marks) and sends each a CommitMark
+    (QoS 1, not retained). A mark the broker did not take (>= 0x80, timeout, not connected) is unclaimed,
+    to be sent again; 0x10 (the device is offline without a session) is not a failure: the device asks
+    for its mark with a SyncRequest when it is back."""
+
+    def __init__(
+        self, db: Database, publisher: Publisher, stats: Stats, *, delay_s: float, every: int
+    ) -> None:
+        self.db, self.publisher, self.stats = db, publisher, stats
+        self.delay_s, self.every = delay_s, every
+        self._missing_logged = False
+
+    def round(self, limit: int = MARK_LIMIT) -> int:
+        """One claim-publish round; returns how many marks were claimed."""
+        try:  # helper module of the marks table (cloud/ingest/marks.py)
+            marks = importlib.import_module("cloud.ingest.marks")
+        except ImportError:  # the marks table's module is not there yet: nothing to send
+            if not self._missing_logged:
+                log.warning("cloud.ingest.marks is not available: no commit marks are sent")
+                self._missing_logged = True
+            return 0
+        if not self.publisher.connected.is_set():
+            return 0
+        with self.db.connection() as conn:
+            due = marks.claim_due(conn, delay_s=self.delay_s, every=self.every, limit=limit)
+        if not due:
+            return 0
+        now = utc_now()
+        outcomes = self.publisher.publish_many(
+            [
+                Outgoing(
+                    topics.downlink(device_id, topics.Downlink.COMMITTED),
+                    encode(CommitMark(device_id=device_id, ts=now, through=through)),
+                )
+                for device_id, through in due
+            ],
+            MARK_PUBACK_TIMEOUT_S,
+        )
+        failed = [device_id for (device_id, _), o in zip(due, outcomes, strict=True) if not o.accepted]
+        if failed:
+            with self.db.connection() as conn:
+                marks.unclaim(conn, failed)
+            first = next(o for o in outcomes if not o.accepted)
+            log.warning(
+                "%d of %d commit marks not taken by the broker (%s); sent again", len(failed), len(due), first
+            )
+        self.stats.record_marks(len(due) - len(failed), len(failed))
+        return len(due)
+
+    def loop(self, stop: threading.Event, interval_s: float) -> None:
+        while not stop.wait(interval_s):
+            try:
+                while self.round() == MARK_LIMIT and not stop.is_set():
+                    pass
+            except psycopg.Error as exc:
+                log.warning("commit marks not sent (%s); retried in %.1f s", exc, interval_s)
 
 
 class IngestService:
@@ -101,6 +180,14 @@ class IngestService:
             on_message=self.handoff.offer,
             receive_maximum=config.receive_maximum,
             session_expiry_s=config.session_expiry_s,
+            ca_file=config.mqtt_ca_file,
+        )
+        self.db = Database(config.database_url, name=config.consumer_id, max_size=2)
+        self.publisher = Publisher(
+            config.mqtt_url, f"{config.consumer_id}-marks", ca_file=config.mqtt_ca_file
+        )
+        self.marks = MarkSender(
+            self.db, self.publisher, self.stats, delay_s=config.mark_delay_s, every=config.mark_every
         )
         self.writer = BatchWriter(
             config.database_url, consumer=config.consumer_id, strategy=strategy, isolate=self._isolate
@@ -111,7 +198,8 @@ class IngestService:
         self._draining = threading.Event()  # stop taking new batches once the pending ones are written
         self._abort = threading.Event()  # stop retrying a batch the database refuses to take (no ack)
         self._ticker_stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self.threads = Threads(config.consumer_id)
+        self._writer: threading.Thread | None = None
         self.stopped = threading.Event()
 
     def _new_batcher(self) -> Batcher[AckToken]:
@@ -162,44 +250,53 @@ class IngestService:
         from cloud.db.maintenance import run_once
 
         try:
-            with psycopg.connect(self.config.database_url, connect_timeout=5) as conn:
+            with self.db.connection() as conn:
                 report = run_once(conn, utc_now())
             log.info("housekeeping: %d partition changes, %s", len(report.changes), report.rollups)
         except (psycopg.Error, RuntimeError) as exc:
             log.warning("housekeeping failed (%s); retried at the next interval", exc)
 
-    def _spawn(self, name: str, target: Any) -> None:
-        t = threading.Thread(target=target, name=f"{name}-{self.config.consumer_id}", daemon=True)
-        t.start()
-        self._threads.append(t)
-
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> None:
-        self._spawn("ingest-writer", self._write_loop)
-        self._spawn("ingest-ticker", self._tick_loop)
+        self._writer = self.threads.spawn("ingest-writer", self._write_loop)
+        self.threads.spawn("ingest-ticker", self._tick_loop)
+        self.threads.spawn(
+            "ingest-marks", lambda: self.marks.loop(self._ticker_stop, self.config.mark_interval_s)
+        )
+        self.publisher.start()
         self.consumer.start()
         log.info(
             "ingest %s consuming %s from %s",
             self.config.consumer_id,
             self.consumer.subscription,
-            self.config.mqtt_url,
+            self.consumer.redacted_url,
         )
 
-    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """Flush, commit and ack what is pending, then disconnect. Bounded by grace_s if the DB is down."""
+    def stop(self, grace_s: float = STOP_GRACE_S, *, leave: bool = True) -> None:
+        """Stop on purpose. `leave` (the default): leave the consumer group (unsubscribe, the writer
+        commits and acks what it holds, then the session ends), so that the broker stops handing this
+        member its turn; if that cannot finish within grace_s (database down) the session is kept.
+        Without `leave`: flush, commit and ack what is pending, and disconnect keeping the session."""
+        left = self.consumer.leave(timeout_s=grace_s) if leave else False
         self._draining.set()
-        writer = self._threads[0] if self._threads else None
+        writer = self._writer
         if writer is not None:
-            writer.join(grace_s)
+            writer.join(2.0 if leave else grace_s)
             if writer.is_alive():
                 self._abort.set()
                 writer.join()
         self._ticker_stop.set()
-        for t in self._threads[1:]:
-            t.join()
+        self.threads.join(grace_s)
         self.consumer.stop()
+        self.publisher.stop()
         self.writer.close()
-        log.info("ingest %s stopped: %s", self.config.consumer_id, self.stats.line())
+        self.db.close()
+        log.info(
+            "ingest %s stopped (%s): %s",
+            self.config.consumer_id,
+            "left the group" if left else "session kept",
+            self.stats.line(),
+        )
         self.stopped.set()
 
     def run(self, stop: threading.Event | None = None) -> None:
