@@ -4,31 +4,39 @@
 profiles, live session states and (for ended sessions) history in one pipelined round trip
 (bulk.load), folds every message through the pure rules in arrival order (no I/O while folding), and
 writes state, history, alerts, audit rows and outboxes set-based (bulk.write) in ONE transaction whose
-COMMIT leaves in the same pipeline. If the database refuses a row, the batch is redone with one
-savepoint per device, so one device's bad data never blocks the others. The caller acks the MQTT messages only after it commits: a crash before the commit
-redelivers the batch to a state that does not contain it yet (no loss); after it, the state already has
-it (the rules dedup open episodes, the upsert merges into the open alert: no duplicate).
+COMMIT leaves in the same pipeline. The caller acks the MQTT messages only after it commits: a crash
+before the commit redelivers the batch to a state that does not contain it yet (no loss); after it, the
+state already has it (the rules dedup open episodes, the upsert merges into the open alert: no duplicate).
+
+No input stops the engine (cloud/alerts/refused.py): a message the contract refuses, one holding a value
+PostgreSQL cannot store, or one whose evaluation raises is refused (logged, recorded in alert_refused,
+acked with the batch). If the database refuses the batch, or reading or writing it raises, the batch is
+redone device by device, each in a savepoint, and a device that fails is redone message by message, so
+only the message at fault is refused and the rest commits. Only a transient database failure (the
+connection, a deadlock, a cancel) leaves `process`: the caller reconnects and retries the batch.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import psycopg
 
-from cloud.alerts import bulk
+from cloud.alerts import bulk, refused
 from cloud.alerts.config import AlertConfig
 from cloud.alerts.decision import Action, AlertDecision
 from cloud.alerts.history import evaluate_history
 from cloud.alerts.inputs import DeviceHistory, DeviceProfile, SessionRecord
 from cloud.alerts.insession import SessionState, evaluate_in_session
 from cloud.alerts.params import RuleParams
+from cloud.alerts.refused import Refusal
 from cloud.alerts.store import Applied, Conn, LiveSession, OpenMap
 from contract.codec import decode_uplink
-from contract.errors import ContractError, TopicError
+from contract.errors import ContractError
 from contract.messages import (
     DeviceEvent,
     EventType,
@@ -41,16 +49,37 @@ from contract.messages import (
 log = logging.getLogger(__name__)
 HISTORY_DAYS = 60
 HISTORY_EVENTS = (EventType.LEVEL_CHANGE, EventType.DISCOMFORT, EventType.BOOST)
+# SQLSTATE classes worth retrying the same batch for: connection, transaction rollback (deadlock,
+# serialization), insufficient resources, operator intervention (cancel, shutdown), system error
+TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
+TRANSIENT_STATES = ("55P03",)  # lock_not_available
 
 
 @dataclass
 class BatchResult:
     messages: int = 0
-    rejected: int = 0
-    failed_devices: int = 0
+    rejected: int = 0  # refused by the contract (ingest quarantines the same bytes)
+    failed_devices: int = 0  # devices the batch had to be redone for, one by one
     decisions: int = 0
     applied: list[Applied] = field(default_factory=list)
     notices: int = 0
+    refused: list[Refusal] = field(default_factory=list)  # every message not evaluated, with why
+
+    def merge(self, other: BatchResult) -> None:
+        self.decisions += other.decisions
+        self.applied += other.applied
+        self.notices += other.notices
+        self.refused += other.refused
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    topic: str
+    payload: bytes
+    message: UplinkMessage
+
+
+ByDevice = dict[str, list[Decoded]]
 
 
 def first_time(m: UplinkMessage) -> datetime:
@@ -61,94 +90,156 @@ def first_time(m: UplinkMessage) -> datetime:
     return m.ts
 
 
+def is_transient(conn: Conn, exc: BaseException) -> bool:
+    """A failure retrying the same batch can cure (not the batch's data): the caller reconnects."""
+    if not isinstance(exc, psycopg.Error):
+        return False
+    if conn.closed or conn.broken:
+        return True
+    state = exc.sqlstate
+    if state is None:
+        return isinstance(exc, psycopg.OperationalError)
+    return state.startswith(TRANSIENT_CLASSES) or state in TRANSIENT_STATES
+
+
 class Engine:
     def __init__(self, cfg: AlertConfig) -> None:
         self.cfg = cfg
+        self.refused: Counter[str] = Counter()  # messages refused since start, by reason
+        self.evaluated = 0  # messages folded through the rules and committed
 
-    def decode(
-        self, items: Sequence[tuple[str, bytes]], now: datetime, result: BatchResult
-    ) -> dict[str, list[UplinkMessage]]:
-        by_device: dict[str, list[UplinkMessage]] = {}
+    def _refuse(
+        self,
+        result: BatchResult,
+        item: tuple[str, bytes],
+        reason: str,
+        detail: str,
+        *,
+        level: int = logging.WARNING,
+        exc: BaseException | None = None,
+    ) -> None:
+        r = Refusal.of(item[0], item[1], reason, detail)
+        r.log(level)
+        if exc is not None:
+            log.debug("the refused message's exception", exc_info=exc)
+        result.refused.append(r)
+
+    def decode(self, items: Sequence[tuple[str, bytes]], now: datetime, result: BatchResult) -> ByDevice:
+        by_device: ByDevice = {}
         for topic, payload in items:
             try:
                 m = decode_uplink(topic, payload, now)
-            except (ContractError, TopicError) as exc:
-                result.rejected += 1  # ingest quarantines the same bytes with its reason; nothing to evaluate
-                log.debug("not evaluated: %s on %s", exc, topic)
+                why = refused.unstorable(payload, m)
+            except ContractError as exc:  # ingest quarantines the same bytes with the same reason
+                result.rejected += 1
+                self._refuse(result, (topic, payload), exc.reason.value, exc.detail, level=logging.INFO)
+                continue
+            except Exception as exc:  # noqa: BLE001 - no input may stop the engine
+                self._refuse(result, (topic, payload), refused.EVALUATION_FAILED, refused.describe(exc))
+                continue
+            if why is not None:
+                self._refuse(result, (topic, payload), refused.UNSTORABLE, why)
                 continue
             if isinstance(m, SessionStart | SampleBatch | SessionEnd | DeviceEvent):  # no rule reads the rest
-                by_device.setdefault(m.device_id, []).append(m)
+                by_device.setdefault(m.device_id, []).append(Decoded(topic, payload, m))
         return by_device
 
     def process(self, conn: Conn, items: Sequence[tuple[str, bytes]], now: datetime) -> BatchResult:
+        """Evaluate and commit the batch; raises only a transient database error (retry the batch)."""
         result = BatchResult(messages=len(items))
         by_device = self.decode(items, now, result)
-        if not by_device:
-            return result
+        decoded_refusals = list(result.refused)
         try:
             with conn.pipeline(), conn.transaction():
-                self._batch(conn, by_device, now, result, isolate=False)
-        except psycopg.OperationalError:
-            raise  # the connection or the server: the caller reconnects and retries the batch
-        except psycopg.DatabaseError as exc:  # a row the database refuses: find its device, keep the rest
-            log.warning("batch of %d messages refused (%s); writing it device by device", len(items), exc)
-            result = BatchResult(messages=len(items), rejected=result.rejected)
-            with conn.transaction():
-                self._batch(conn, by_device, now, result, isolate=True)
+                if by_device:
+                    self._batch(conn, by_device, now, result)
+                refused.record(conn, result.refused, self.cfg.consumer_id, now)
+        except Exception as exc:
+            if is_transient(conn, exc):
+                raise  # the connection or the server: the caller reconnects and retries the batch
+            log.warning(
+                "batch of %d messages failed (%s); redoing it device by device",
+                len(items),
+                refused.describe(exc),
+            )
+            result = BatchResult(messages=len(items), rejected=result.rejected, refused=decoded_refusals)
+            self._isolated(conn, by_device, now, result)
+        self.refused.update(r.reason for r in result.refused)
+        self.evaluated += len(items) - len(result.refused)
         return result
 
-    def _batch(
-        self,
-        conn: Conn,
-        by_device: dict[str, list[UplinkMessage]],
-        now: datetime,
-        result: BatchResult,
-        *,
-        isolate: bool,
-    ) -> None:
-        """Read (one round trip), fold every device in Python, write (set-based, or per device savepoint)."""
-        firsts = {d: min(first_time(m) for m in ms) for d, ms in by_device.items()}
+    def _isolated(self, conn: Conn, by_device: ByDevice, now: datetime, result: BatchResult) -> None:
+        """Each device in a savepoint; a device that fails, each of its messages in a savepoint."""
+        with conn.transaction():
+            for dev in sorted(by_device):
+                if self._attempt(conn, {dev: by_device[dev]}, now, result) is None:
+                    continue
+                result.failed_devices += 1
+                for d in by_device[dev]:
+                    exc = self._attempt(conn, {dev: [d]}, now, result)
+                    if exc is not None:
+                        why = (
+                            refused.DB_REFUSED
+                            if isinstance(exc, psycopg.Error)
+                            else refused.EVALUATION_FAILED
+                        )
+                        self._refuse(result, (d.topic, d.payload), why, refused.describe(exc), exc=exc)
+            try:
+                with conn.transaction():
+                    refused.record(conn, result.refused, self.cfg.consumer_id, now)
+            except Exception as exc:
+                if is_transient(conn, exc):
+                    raise
+                log.error("could not record %d refused messages (%s)", len(result.refused), exc)
+
+    def _attempt(self, conn: Conn, part: ByDevice, now: datetime, result: BatchResult) -> Exception | None:
+        """Evaluate and write `part` in a savepoint: its exception if it failed (nothing of it kept)."""
+        sub = BatchResult()
+        try:
+            with conn.transaction():
+                self._batch(conn, part, now, sub)
+        except Exception as exc:
+            if is_transient(conn, exc):
+                raise
+            return exc
+        result.merge(sub)
+        return None
+
+    def _batch(self, conn: Conn, by_device: ByDevice, now: datetime, result: BatchResult) -> None:
+        """Read (one round trip), fold every device in Python, write (set-based)."""
+        firsts = {d: min(first_time(x.message) for x in xs) for d, xs in by_device.items()}
         keys = [
             (m.device_id, m.session_id)
-            for ms in by_device.values()
-            for m in ms
+            for xs in by_device.values()
+            for m in (x.message for x in xs)
             if isinstance(m, SessionStart | SampleBatch | SessionEnd)
             or (isinstance(m, DeviceEvent) and m.session_id is not None)
         ]
-        ending = sorted(d for d, ms in by_device.items() if any(isinstance(m, SessionEnd) for m in ms))
+        ending = sorted(
+            d for d, xs in by_device.items() if any(isinstance(x.message, SessionEnd) for x in xs)
+        )
         got = bulk.load(conn, firsts, keys, ending, now - timedelta(days=HISTORY_DAYS))  # type: ignore[arg-type]
         batch = bulk.Pending()
         for dev in sorted(by_device):
             row = got.profiles.get(dev)
             profile = row.profile if row else DeviceProfile(device_id=dev)
             ctx = _Device(profile, got.params[dev], got.opened.setdefault(dev, {}), got.live, got.done_before)
-            try:
-                for m in by_device[dev]:
-                    ctx.fold(m, got.first_seen.get(dev, firsts[dev]), got.past.setdefault(dev, []), now)
-            except Exception:  # a bug in one device's data must not stop the fleet: logged, skipped
-                log.exception(
-                    "alert evaluation failed for device %s; its %d messages skipped", dev, len(by_device[dev])
-                )
-                result.failed_devices += 1
-                continue
+            first_seen, past = got.first_seen.get(dev, firsts[dev]), got.past.setdefault(dev, [])
+            for x in by_device[dev]:
+                try:
+                    ctx.fold(x.message, first_seen, past, now)
+                except Exception as exc:  # noqa: BLE001 - a bug or a value no rule expected: this message only
+                    self._refuse(
+                        result,
+                        (x.topic, x.payload),
+                        refused.EVALUATION_FAILED,
+                        refused.describe(exc),
+                        exc=exc,
+                    )
             pending = ctx.pending()
             result.decisions += len(pending.decisions)
-            if not isolate:
-                batch.merge(pending)
-                continue
-            try:
-                with conn.transaction():  # a savepoint: this device's refused rows do not undo the others
-                    applied, notices = bulk.write(conn, self.cfg, pending, got.profiles, now)
-            except psycopg.OperationalError:
-                raise
-            except psycopg.DatabaseError:
-                log.exception("alert rows of device %s refused by the database; its messages skipped", dev)
-                result.failed_devices += 1
-                continue
-            result.applied += applied
-            result.notices += notices
-        if not isolate:
-            result.applied, result.notices = bulk.write(conn, self.cfg, batch, got.profiles, now)
+            batch.merge(pending)
+        result.applied, result.notices = bulk.write(conn, self.cfg, batch, got.profiles, now)
 
 
 class _Device:

@@ -72,7 +72,8 @@ def test_raise_escalate_and_clear_of_one_episode_in_one_batch(dsn: str) -> None:
 
 def test_a_row_the_database_refuses_skips_only_its_device(dsn: str) -> None:
     """PostgreSQL's jsonb refuses a NUL character that the contract lets through in an event's detail:
-    the batch is redone device by device, the other device's session state is still written."""
+    that message is refused (recorded in alert_refused), the rest of the device and the other device
+    are written."""
     good = session("good", "s-good", NOON, 0)[:2]  # start + samples: a live session state
     bad = session("bad", "s-bad", NOON, 0)[:2]
     nul = DeviceEvent(
@@ -90,5 +91,5 @@ def test_a_row_the_database_refuses_skips_only_its_device(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         result = engine.process(conn, [wire(m) for m in (*good, *bad, nul)], NOON + timedelta(minutes=1))
         states = conn.execute("select device_id from alert_session_state order by 1").fetchall()
-    assert result.failed_devices == 1
-    assert states == [("good",)]
+    assert [r.reason for r in result.refused] == ["unstorable"]
+    assert states == [("bad",), ("good",)]
