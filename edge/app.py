@@ -5,10 +5,12 @@
         agent.record(sensor.read(clock.now(), agent.level))   # once a second
         agent.change_level(2)
         agent.end_session(EndReason.USER)
-        await agent.drained()                                 # everything acknowledged by the broker
+        await agent.drained()                                 # everything committed by the cloud
 
 The recording API is synchronous: each call stores its messages in the outbox (durably, with their seq)
-before returning, and wakes the link, which publishes in the background.
+before returning, and wakes the link, which publishes in the background. A message leaves the outbox when
+the cloud's CommitMark covers it (`EdgeConfig.ack_mode="committed"`, the default), or on its PUBACK
+(`"broker"`, for a broker without microfleet's cloud): see edge/link.py.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ log = logging.getLogger(__name__)
 class AgentStats:
     connected: bool
     connects: int
-    published: int
+    sent: int  # outbox rows the broker took (PUBACK 0x00; a row sent again counts again)
+    committed: int  # outbox rows removed by the cloud's commit marks
+    not_taken: int  # PUBACK 0x10 or >= 0x80: kept and sent again
     stored: int
     outbox_depth: int
     outbox_dropped: int
@@ -116,6 +120,7 @@ class Agent:
         )
         self._handlers.setdefault(Downlink.NOTICE.value, self._board.on_notice)
         self._handlers.setdefault(Downlink.GATE.value, self._board.on_gate)
+        self._handlers[Downlink.COMMITTED.value] = self._link.on_committed
         self._ota = self._ota_client(boot)
         self._handlers[Downlink.OTA.value] = self._ota.on_downlink
         for kind, handler in self._handlers.items():
@@ -331,7 +336,8 @@ class Agent:
             self._empty.set()
 
     async def drained(self) -> None:
-        """Wait until every stored message has been acknowledged by the broker (wrap in a timeout)."""
+        """Wait until the outbox is empty: every stored message committed by the cloud (ack_mode
+        "committed"), or taken by the broker ("broker"). Wrap in a timeout."""
         await self._empty.wait()
 
     def stats(self) -> AgentStats:
@@ -339,7 +345,9 @@ class Agent:
         return AgentStats(
             connected=link is not None and link.stats.state is LinkState.CONNECTED,
             connects=link.stats.connects if link else 0,
-            published=link.stats.published if link else 0,
+            sent=link.stats.sent if link else 0,
+            committed=link.stats.committed if link else 0,
+            not_taken=link.stats.not_taken if link else 0,
             stored=self._stored,
             outbox_depth=ob.depth if ob else 0,
             outbox_dropped=ob.dropped if ob else 0,

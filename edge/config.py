@@ -27,7 +27,14 @@ DEFAULT_OUTBOX_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_SAMPLES_PER_BATCH = 30
 DEFAULT_SESSION_EXPIRY_S = 7 * 24 * 3600
 
+DEFAULT_COMMIT_TIMEOUT_S = 60.0
+DEFAULT_COMMIT_TIMEOUT_MAX_S = 900.0
+DEFAULT_SYNC_FILL_RATIO = 0.8
+
 SyncMode = Literal["full", "normal", "off"]
+# "committed": a message leaves the outbox only when the cloud's CommitMark covers it (end to end).
+# "broker": on its PUBACK (the broker took it), for a broker without microfleet's cloud (bare benchmarks).
+AckMode = Literal["committed", "broker"]
 
 
 class ConfigError(ValueError):
@@ -58,6 +65,14 @@ class EdgeConfig:
     # the device is offline. 0 = clean session on every connect.
     session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S
     overflow_event_interval_s: float = 3600.0
+    # End-to-end acknowledgement (edge/README.md "Delivery guarantee"). The commit timeout runs on real
+    # (event-loop) time: a sent message still uncovered by a mark after it is sent again (with a
+    # SyncRequest); the timeout doubles up to commit_timeout_max_s while no mark advances.
+    ack_mode: AckMode = "committed"
+    commit_timeout_s: float = DEFAULT_COMMIT_TIMEOUT_S
+    commit_timeout_max_s: float = DEFAULT_COMMIT_TIMEOUT_MAX_S
+    # ask for a mark when the outbox is this full (of max_rows or max_bytes) with sent messages uncovered
+    sync_fill_ratio: float = DEFAULT_SYNC_FILL_RATIO
 
     # Simulators only (None on a real device): the path of a multi-device outbox file (edge.outbox.
     # OutboxFile) that this agent shares with the other agents of its process. The file must be opened
@@ -83,6 +98,18 @@ class EdgeConfig:
             raise ConfigError("need 0 < reconnect_min_s <= reconnect_max_s")
         if self.outbox_sync not in ("full", "normal", "off"):
             raise ConfigError(f"outbox_sync must be full, normal or off, got {self.outbox_sync!r}")
+        if self.ack_mode not in ("committed", "broker"):
+            raise ConfigError(
+                f"ack_mode (MICROFLEET_EDGE_ACK) must be 'committed' (delete on the cloud's commit mark) "
+                f"or 'broker' (delete on PUBACK, no microfleet cloud), got {self.ack_mode!r}"
+            )
+        if not 0 < self.commit_timeout_s <= self.commit_timeout_max_s:
+            raise ConfigError(
+                "need 0 < commit_timeout_s <= commit_timeout_max_s (MICROFLEET_EDGE_COMMIT_TIMEOUT_S / "
+                f"_MAX_S), got {self.commit_timeout_s} and {self.commit_timeout_max_s}"
+            )
+        if not 0 < self.sync_fill_ratio <= 1:
+            raise ConfigError(f"sync_fill_ratio must be within (0, 1], got {self.sync_fill_ratio}")
 
     @property
     def outbox_path(self) -> Path:
@@ -129,4 +156,8 @@ _ENV_FIELDS: tuple[tuple[str, str, type], ...] = (
     ("inflight", "MICROFLEET_EDGE_INFLIGHT", int),
     ("session_expiry_s", "MICROFLEET_EDGE_SESSION_EXPIRY_S", int),
     ("trusted_keys_file", "MICROFLEET_EDGE_TRUSTED_KEYS", Path),
+    ("ack_mode", "MICROFLEET_EDGE_ACK", str),
+    ("commit_timeout_s", "MICROFLEET_EDGE_COMMIT_TIMEOUT_S", float),
+    ("commit_timeout_max_s", "MICROFLEET_EDGE_COMMIT_TIMEOUT_MAX_S", float),
+    ("sync_fill_ratio", "MICROFLEET_EDGE_SYNC_FILL_RATIO", float),
 )

@@ -1,4 +1,5 @@
-"""The MQTT link: connects (MQTT 5), announces the device, drains the outbox, listens for downlinks.
+"""The MQTT link: connects (MQTT 5), announces the device, drains the outbox, listens for downlinks, and
+keeps every message until the cloud has committed it (edge/README.md "Delivery guarantee").
 
 On every connection:
   1. a retained last will `Status(offline)` is registered and a retained birth `Status(online)` is
@@ -6,20 +7,35 @@ On every connection:
   2. the device subscribes to `mf/v1/<id>/down/#` and hands each message to the handler registered for
      its kind (the last topic level); a handler that fails is logged with topic and payload, the others
      run on;
-  3. the outbox is drained oldest-first at QoS 1 with at most `inflight` unacknowledged messages; a row is
-     deleted only after its PUBACK (deletes are batched per event-loop turn: one transaction, not one
-     per message).
+  3. (ack_mode "committed") a SyncRequest(floor, next_seq) goes to `mf/v1/<id>/up/sync` at QoS 1 (not
+     stored in the outbox): the cloud answers with the device's CommitMark;
+  4. the outbox is drained oldest-first at QoS 1 with at most `inflight` unacknowledged messages.
 Any connection loss ends the connection's task group; the link waits a capped, fully jittered backoff
-(edge/backoff.py) and starts again, re-sending every row still in the outbox (at-least-once: the cloud
-de-duplicates on natural keys). A fresh client per connection means paho keeps no stale in-flight state.
+(edge/backoff.py) and starts again, re-sending every row still in the outbox from the start
+(at-least-once: the cloud de-duplicates on natural keys). A fresh client per connection means paho keeps
+no stale in-flight state.
+
+When a row leaves the outbox. A PUBACK with reason 0x00 means the broker took the message, not that it
+is stored: mosquitto acks 0x10 "no matching subscribers" and drops it when the ingest group has no live
+member (after a broker restart), and a broker crash loses what it had not saved. So:
+  - "committed" (the default): a PUBACK only marks the row sent (`LinkStats.sent`); rows leave when a
+    CommitMark `through` covers them (`on_committed`: one DELETE of every seq <= through,
+    `LinkStats.committed`). A mark at or beyond the outbox's next_seq belongs to an earlier life of
+    this device id: ignored (logged, a SyncRequest asks for the right one). If the oldest sent row stays
+    uncovered longer than the commit timeout (real loop time, edge/commits.py), a SyncRequest goes out and
+    the drain rewinds: everything above the mark is sent again (`LinkStats.resent`); the timeout doubles
+    up to `commit_timeout_max_s` while no mark advances and is reset when one does. When the outbox is
+    `sync_fill_ratio` full with sent rows uncovered, a SyncRequest goes out (at most once per timeout).
+  - "broker" (no microfleet cloud behind the broker): a row is deleted on its PUBACK 0x00 (deletes are
+    batched per event-loop turn: one transaction).
+In both modes a PUBACK 0x10 or >= 0x80 means NOT TAKEN: counted (`LinkStats.not_taken`; `refused` for
+>= 0x80, e.g. 0x87 Not authorized from an ACL), logged, the row stays and is sent again after the commit
+timeout or on the next connection: a misconfigured ACL or an absent consumer delays data, it never
+deletes it.
 
 The birth's seq is reserved from the outbox counter and reused until a birth is acknowledged, so failed
-connects do not burn numbers. On a clean shutdown the offline status is published explicitly.
-
-A broker that refuses a message (MQTT 5 PUBACK with a failure reason code, e.g. 0x87 Not authorized
-from an ACL) has NOT taken it: aiomqtt does not surface that code, so `_CheckedClient` records it and
-the row stays in the outbox (counted in `LinkStats.refused`, logged, sent again on the next connection):
-a misconfigured ACL delays data, it never deletes it.
+connects do not burn numbers (a retained birth acked 0x10 is kept by the broker: that is success). On a
+clean shutdown the offline status is published explicitly.
 """
 
 from __future__ import annotations
@@ -37,16 +53,19 @@ from enum import StrEnum
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
-from contract.codec import encode
-from contract.messages import DeviceState, Status
+from contract.codec import decode_downlink, encode
+from contract.messages import CommitMark, DeviceState, Status, SyncRequest
 from contract.mqtturl import parse_mqtt_url
 from contract.topics import Uplink, downlink_filter, uplink
 from edge.backoff import Backoff
+from edge.checked import CheckedClient, PublishRefused, taken
 from edge.clock import Clock
+from edge.commits import CommitTimer
 from edge.config import EdgeConfig
 from edge.outbox import Outbox, Row
+
+__all__ = ["DownlinkHandler", "Link", "LinkState", "LinkStats", "PublishRefused"]
 
 log = logging.getLogger(__name__)
 
@@ -61,49 +80,20 @@ class LinkState(StrEnum):
     CONNECTED = "connected"
 
 
-class PublishRefused(aiomqtt.MqttError):
-    """The broker answered a QoS 1 publish with a failure reason code: the message was not accepted."""
-
-    def __init__(self, topic: str, reason: ReasonCode) -> None:
-        super().__init__(f"broker refused publish to {topic}: {reason} ({reason.value:#x})")
-        self.reason = reason
-
-
-class _CheckedClient(aiomqtt.Client):
-    """aiomqtt with the PUBACK reason code checked: `publish_checked` raises PublishRefused on a refusal."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._refusals: dict[int, ReasonCode] = {}
-
-    def _on_publish(
-        self, client: object, userdata: object, mid: int, reason_code: ReasonCode, properties: object
-    ) -> None:
-        if reason_code.is_failure:
-            self._refusals[mid] = reason_code
-        super()._on_publish(client, userdata, mid, reason_code, properties)  # type: ignore[arg-type]
-
-    async def publish_checked(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        info = self._client.publish(topic, payload, 1, retain)
-        if info.rc != 0:
-            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-        if not info.is_published():
-            confirmation = asyncio.Event()
-            with self._pending_call(info.mid, confirmation, self._pending_publishes):
-                await confirmation.wait()  # a dead connection ends the task group (keepalive)
-        refused = self._refusals.pop(info.mid, None)
-        if refused is not None:
-            raise PublishRefused(topic, refused)
-
-
 @dataclass(slots=True)
 class LinkStats:
     state: LinkState = LinkState.DISCONNECTED
     connects: int = 0
     disconnects: int = 0
-    published: int = 0  # PUBACKed messages from the outbox (re-sends after a reconnect count again)
+    sent: int = 0  # outbox rows the broker took (PUBACK 0x00); a row sent again counts again
+    committed: int = 0  # outbox rows removed by commit marks (ack_mode "committed")
+    not_taken: int = 0  # PUBACK 0x10 (no subscriber: dropped) or >= 0x80: the row stays, sent again
+    refused: int = 0  # of those, >= 0x80 (e.g. 0x87 Not authorized)
+    resent: int = 0  # rows published again (after a commit timeout or a reconnect)
+    syncs: int = 0  # SyncRequests published
+    marks: int = 0  # commit marks received (applied, or lower than one already applied)
+    marks_ignored: int = 0  # marks at or beyond the outbox's next_seq (an earlier life of the device id)
     downlinks: int = 0
-    refused: int = 0  # publishes the broker refused (kept in the outbox, retried next connection)
 
 
 class Link:
@@ -126,6 +116,17 @@ class Link:
         self._on_acked = on_acked
         self._addr = parse_mqtt_url(config.mqtt_url)
         self._status_topic = uplink(config.device_id, Uplink.STATUS)
+        self._sync_topic = uplink(config.device_id, Uplink.SYNC)
+        self._committed_mode = config.ack_mode == "committed"
+        self._timer = CommitTimer(
+            config.commit_timeout_s, config.commit_timeout_max_s, mark=outbox.committed_through
+        )
+        self._timer_wake = asyncio.Event()  # the timer's deadline moved, or a SyncRequest is wanted
+        self._sync_wanted = False
+        self._cursor = -1  # the drain's position: the highest seq handed to a publish in this pass
+        self._pass = 0  # bumped when the drain rewinds (commit timeout)
+        self._high_water = -1  # the highest seq ever handed to a publish (to count re-sends)
+        self._quiet_not_taken = False  # one warning per connection, then the counter speaks
         self._handlers: dict[str, DownlinkHandler] = {}
         self._wake = asyncio.Event()
         self._acked: list[int] = []
@@ -139,8 +140,50 @@ class Link:
     # -- API for the agent ----------------------------------------------------------------------------
 
     def notify(self) -> None:
-        """A message was stored: wake the drain loop."""
+        """A message was stored: wake the drain loop (and ask for a mark if the outbox is filling up)."""
         self._wake.set()
+        if self._committed_mode and self.connected.is_set():
+            cfg, ob = self._cfg, self._outbox
+            now = asyncio.get_running_loop().time()
+            if self._timer.filling(
+                ob.depth, ob.size_bytes, cfg.outbox_max_rows, cfg.outbox_max_bytes, cfg.sync_fill_ratio, now
+            ):
+                self._timer.synced(now)  # at most one per timeout, even before it is out
+                self._want_sync()
+
+    async def on_committed(self, topic: str, payload: bytes) -> None:
+        """The handler for `down/committed`: apply a CommitMark (raises ContractError on a bad one)."""
+        mark = decode_downlink(topic, payload)
+        if not isinstance(mark, CommitMark):  # decode_downlink checks the kind against the topic
+            raise TypeError(f"{type(mark).__name__} on {topic}")
+        self.stats.marks += 1
+        ob = self._outbox
+        if mark.through >= ob.next_seq:
+            self.stats.marks_ignored += 1
+            log.warning(
+                "%s: commit mark %d is at or beyond next seq %d (an earlier life of this device id?): "
+                "ignored, asking for the right one",
+                self._cfg.device_id,
+                mark.through,
+                ob.next_seq,
+            )
+            self._want_sync()
+            return
+        removed = ob.commit_through(mark.through)
+        self.stats.committed += removed
+        if self._timer.covered(mark.through):
+            self._timer_wake.set()
+        if removed and self._on_acked is not None:
+            self._on_acked()
+
+    @property
+    def commit_timeout(self) -> float:
+        """The current commit timeout (s of real time): doubles while no mark advances."""
+        return self._timer.timeout
+
+    def _want_sync(self) -> None:
+        self._sync_wanted = True
+        self._timer_wake.set()
 
     def on_downlink(self, kind: str, handler: DownlinkHandler) -> None:
         self._handlers[kind] = handler
@@ -210,12 +253,12 @@ class Link:
             )
         )
 
-    def _new_client(self, will: bytes) -> _CheckedClient:
+    def _new_client(self, will: bytes) -> CheckedClient:
         cfg, addr = self._cfg, self._addr
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if cfg.session_expiry_s > 0:
             props.SessionExpiryInterval = cfg.session_expiry_s
-        return _CheckedClient(
+        return CheckedClient(
             addr.host,
             addr.port,
             username=addr.username,
@@ -253,9 +296,14 @@ class Link:
             self._client = client
             backoff.reset()
             self.connected.set()
+            self._timer.reset()  # this connection sends the whole outbox again, from the start
+            self._quiet_not_taken = False
+            if self._committed_mode:
+                await self._sync(client)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._receive(client), name=f"link-rx:{self._cfg.device_id}")
                 tg.create_task(self._drain(client), name=f"link-tx:{self._cfg.device_id}")
+                tg.create_task(self._watch_commits(client), name=f"link-commit:{self._cfg.device_id}")
                 tg.create_task(self._await_rebirth(), name=f"link-rebirth:{self._cfg.device_id}")
 
     async def _receive(self, client: aiomqtt.Client) -> None:
@@ -274,36 +322,113 @@ class Link:
                     "%s: downlink handler failed on %s payload=%r", self._cfg.device_id, topic, payload[:200]
                 )
 
-    async def _drain(self, client: _CheckedClient) -> None:
+    async def _drain(self, client: CheckedClient) -> None:
         window = asyncio.Semaphore(self._cfg.inflight)
-        cursor = -1
+        self._cursor = -1
         async with asyncio.TaskGroup() as tg:
             while True:
                 self._wake.clear()
-                rows = self._outbox.peek(self._cfg.inflight, after=cursor)
+                this_pass = self._pass
+                rows = self._outbox.peek(self._cfg.inflight, after=self._cursor)
                 if not rows:
                     await self._wake.wait()
                     continue
                 for row in rows:
                     await window.acquire()
+                    if self._pass != this_pass:  # rewound while waiting for the window: peek again
+                        window.release()
+                        break
+                    if row.seq <= self._high_water:
+                        self.stats.resent += 1
+                    else:
+                        self._high_water = row.seq
                     tg.create_task(self._publish(client, row, window))
-                    cursor = row.seq
+                    self._cursor = row.seq
 
-    async def _publish(self, client: _CheckedClient, row: Row, window: asyncio.Semaphore) -> None:
+    async def _publish(self, client: CheckedClient, row: Row, window: asyncio.Semaphore) -> None:
         # No timeout: a dead connection is detected by keepalive and ends the task group instead.
         try:
-            await client.publish_checked(row.topic, row.payload)
-        except PublishRefused as exc:
+            code = await client.publish_code(row.topic, row.payload)
+        finally:
             window.release()
-            self.stats.refused += 1
-            log.error("%s: %s; seq %d stays in the outbox", self._cfg.device_id, exc, row.seq)
+        now = asyncio.get_running_loop().time()
+        if code is not None and not taken(code.value):
+            self.stats.not_taken += 1
+            if code.is_failure:
+                self.stats.refused += 1
+            level = logging.DEBUG if self._quiet_not_taken else logging.WARNING
+            self._quiet_not_taken = True
+            log.log(
+                level,
+                "%s: the broker did not take seq %d (%s, %#x); it stays in the outbox and is sent again "
+                "(further ones on this connection: LinkStats.not_taken)",
+                self._cfg.device_id,
+                row.seq,
+                code,
+                code.value,
+            )
+            if self._timer.sent(row.seq, now):
+                self._timer_wake.set()
             return
-        window.release()
-        self.stats.published += 1
+        self.stats.sent += 1
+        if self._committed_mode:
+            if self._timer.sent(row.seq, now):
+                self._timer_wake.set()
+            return
         self._acked.append(row.seq)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_acks)
+
+    # -- the commit timer (edge/commits.py) ------------------------------------------------------------
+
+    async def _sync(self, client: CheckedClient) -> None:
+        """Publish a SyncRequest: the cloud answers with this device's CommitMark."""
+        ob = self._outbox
+        request = SyncRequest(
+            device_id=self._cfg.device_id, ts=self._clock.now(), floor=ob.floor(), next_seq=ob.next_seq
+        )
+        self._sync_wanted = False
+        self._timer.synced(asyncio.get_running_loop().time())
+        code = await client.publish_code(self._sync_topic, encode(request))
+        self.stats.syncs += 1
+        if code is not None:
+            log.info("%s: sync request not taken (%s, %#x)", self._cfg.device_id, code, code.value)
+
+    async def _watch_commits(self, client: CheckedClient) -> None:
+        """Send a SyncRequest when one is wanted; on a commit timeout, also rewind the drain."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._timer_wake.clear()
+            now = loop.time()
+            if self._timer.due(now):
+                self._resend(now)
+                if self._committed_mode:
+                    await self._sync(client)
+                continue
+            if self._sync_wanted:
+                await self._sync(client)
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(self._timer.deadline()):
+                    await self._timer_wake.wait()
+
+    def _resend(self, now: float) -> None:
+        ob = self._outbox
+        if ob.depth == 0:  # broker mode: what was not taken went later; nothing waits
+            self._timer.reset()
+            return
+        log.info(
+            "%s: sent messages not committed after %.0f s (mark %d, outbox %d): sending them again",
+            self._cfg.device_id,
+            self._timer.timeout,
+            ob.committed_through,
+            ob.depth,
+        )
+        self._timer.resent(now)
+        self._cursor = -1  # the outbox holds only what no mark covers: all of it goes again
+        self._pass += 1
+        self._wake.set()
 
     def _flush_acks(self) -> None:
         self._flush_scheduled = False

@@ -1,5 +1,12 @@
-"""The outbox: every uplink message is stored here before it is sent, and deleted only when the broker
-has acknowledged it (QoS 1 PUBACK). SQLite in WAL mode, one message table plus a small meta table.
+"""The outbox: every uplink message is stored here before it is sent, and deleted only when the cloud has
+committed it: `commit_through(n)` applies the cloud's CommitMark (every seq <= n is committed) in one
+DELETE. `ack_many` deletes single rows on their PUBACK instead, for a broker without microfleet's cloud
+(EdgeConfig.ack_mode="broker"). SQLite in WAL mode, one message table plus a small meta table.
+
+Commit marks. The highest mark applied is kept in meta (`committed_through`, -1 before the first): marks
+are cumulative and monotonic, so a lower (or equal) mark changes nothing. `floor()` is the lowest seq
+the outbox still holds (`next_seq` when empty): what the agent reports in its SyncRequest. Rejecting a
+mark from an earlier life of the device id (through >= next_seq) is the caller's job (edge/link.py).
 
 Sequence numbers. The per-device `seq` counter lives in the meta table of the same database and is
 advanced in the same transaction as the insert, so a number is never given twice, across restarts too
@@ -78,6 +85,8 @@ class _Sql:
     delete: str
     insert: str
     ack: str
+    commit: str
+    floor: str
 
 
 _SINGLE = _Sql(
@@ -92,6 +101,8 @@ _SINGLE = _Sql(
     delete="DELETE FROM outbox WHERE ?1 = ?1 AND seq = ?2",
     insert="INSERT INTO outbox (seq, kind, topic, payload) SELECT ?2, ?3, ?4, ?5 WHERE ?1 = ?1",
     ack="DELETE FROM outbox WHERE ?1 = ?1 AND seq = ?2 RETURNING length(payload)",
+    commit="DELETE FROM outbox WHERE ?1 = ?1 AND seq <= ?2 RETURNING length(payload)",
+    floor="SELECT min(seq) FROM outbox WHERE ?1 = ?1",
 )
 _MULTI = _Sql(
     count="SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox WHERE device = ?1",
@@ -105,6 +116,8 @@ _MULTI = _Sql(
     delete="DELETE FROM outbox WHERE device = ?1 AND seq = ?2",
     insert="INSERT INTO outbox (device, seq, kind, topic, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
     ack="DELETE FROM outbox WHERE device = ?1 AND seq = ?2 RETURNING length(payload)",
+    commit="DELETE FROM outbox WHERE device = ?1 AND seq <= ?2 RETURNING length(payload)",
+    floor="SELECT min(seq) FROM outbox WHERE device = ?1",
 )
 
 
@@ -228,6 +241,7 @@ class Outbox:
         self._rows, self._bytes = self._db.execute(self._sql.count, (device_id,)).fetchone()
         self._next_seq = int(self._meta("next_seq", 0))
         self._dropped = {k: int(self._meta(f"dropped:{k.value}", 0)) for k in Uplink}
+        self._committed = int(self._meta("committed_through", -1))
 
     # -- reads ---------------------------------------------------------------------------------------
 
@@ -246,6 +260,18 @@ class Outbox:
     @property
     def next_seq(self) -> int:
         return int(self._next_seq)
+
+    @property
+    def committed_through(self) -> int:
+        """The highest commit mark applied (-1 before the first)."""
+        return int(self._committed)
+
+    def floor(self) -> int:
+        """The lowest seq still held, or `next_seq` when the outbox is empty (SyncRequest.floor)."""
+        if self._rows == 0:
+            return self.next_seq
+        (low,) = self._db.execute(self._sql.floor, (self.device_id,)).fetchone()
+        return self.next_seq if low is None else int(low)
 
     @property
     def dropped(self) -> int:
@@ -330,6 +356,25 @@ class Outbox:
         self._rows -= removed
         self._bytes -= freed
         return removed
+
+    def commit_through(self, through: int) -> int:
+        """Apply a commit mark: delete every row with seq <= through in one statement and remember the
+        mark. A mark not above the one already applied is a no-op. Returns the rows removed."""
+        if through <= self._committed:
+            return 0
+        db, dev = self._db, self.device_id
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            freed = [n for (n,) in db.execute(self._sql.commit, (dev, through))]
+            db.execute(self._sql.meta_set, (dev, "committed_through", through))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._committed = through
+        self._rows -= len(freed)
+        self._bytes -= sum(freed)
+        return len(freed)
 
     def close(self) -> None:
         if self._shared is not None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contract.topics import Uplink, uplink
 from edge.outbox import Outbox, OutboxError, inspect
@@ -108,3 +110,57 @@ def test_topics_that_are_not_uplinks_are_refused(tmp_path: Path) -> None:
     ob = open_outbox(tmp_path)
     with pytest.raises(Exception, match="not mf/v1"):
         ob.put("some/topic", payload())
+
+
+def test_commit_through_deletes_every_row_up_to_the_mark_and_remembers_it(tmp_path: Path) -> None:
+    ob = open_outbox(tmp_path)
+    assert ob.floor() == 0 and ob.committed_through == -1  # empty: the floor is next_seq
+    for _ in range(6):
+        ob.put(SAMPLES, payload(100))
+    assert ob.floor() == 0
+    assert ob.commit_through(3) == 4
+    assert (ob.depth, ob.size_bytes, ob.floor(), ob.committed_through) == (2, 200, 4, 3)
+    assert [r.seq for r in ob.peek(10)] == [4, 5]
+    assert ob.commit_through(2) == 0 and ob.commit_through(3) == 0  # lower or equal marks: no-op
+    assert ob.depth == 2
+    ob.close()
+    ob = open_outbox(tmp_path)  # the mark is persisted, and the counts are right after a reopen
+    assert (ob.committed_through, ob.depth, ob.size_bytes) == (3, 2, 200)
+    assert ob.commit_through(5) == 2 and ob.depth == 0 and ob.size_bytes == 0
+    assert ob.floor() == ob.next_seq == 6
+    ob.close()
+
+
+@settings(max_examples=60)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("put"), st.integers(8, 300)), st.tuples(st.just("mark"), st.integers(-1, 40))
+        ),
+        max_size=60,
+    )
+)
+def test_marks_against_a_model(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, int]]
+) -> None:
+    """Any interleaving of puts and (possibly stale) marks: the outbox holds exactly the seqs above the
+    highest mark applied so far, its cached counts equal a recount, and floor() is their minimum."""
+    ob = open_outbox(tmp_path_factory.mktemp("marks"))
+    held: dict[int, int] = {}
+    mark = -1
+    for op, n in steps:
+        if op == "put":
+            seq = ob.put(SAMPLES, payload(n)).seq
+            held[seq] = n
+        else:
+            removed = ob.commit_through(n)
+            expected = [s for s in held if s <= n] if n > mark else []
+            assert removed == len(expected)
+            for s in expected:
+                del held[s]
+            mark = max(mark, n)
+        assert ob.committed_through == mark
+        assert (ob.depth, ob.size_bytes) == (len(held), sum(held.values()))
+        assert ob.floor() == (min(held) if held else ob.next_seq)
+        assert [r.seq for r in ob.peek(1000)] == sorted(held)
+    ob.close()

@@ -39,3 +39,27 @@ def test_formats_are_never_mixed(tmp_path: Path) -> None:
     OutboxFile(multi).close()
     with pytest.raises(OutboxError, match="open it with OutboxFile first"):
         Outbox(multi, "dev-a", max_rows=3, max_bytes=1000)
+
+
+def test_commit_marks_apply_per_device_in_a_shared_file(tmp_path: Path) -> None:
+    path = tmp_path / "all.sqlite3"
+    with OutboxFile(path, sync="off"):
+        a = Outbox(path, "dev-a", max_rows=100, max_bytes=10_000)
+        b = Outbox(path, "dev-b", max_rows=100, max_bytes=10_000)
+        for _ in range(5):
+            a.put("mf/v1/dev-a/up/event", lambda seq: b"a" * 10)
+            b.put("mf/v1/dev-b/up/event", lambda seq: b"b" * 20)
+        assert a.commit_through(2) == 3  # dev-b's rows with the same seqs are untouched
+        assert (a.depth, a.size_bytes, a.floor(), a.committed_through) == (2, 20, 3, 2)
+        assert (b.depth, b.size_bytes, b.floor(), b.committed_through) == (5, 100, 0, -1)
+        assert a.commit_through(1) == 0 and a.depth == 2  # a lower mark: no-op
+        assert b.commit_through(4) == 5 and b.floor() == b.next_seq == 5
+        a.close()
+        b.close()
+    with OutboxFile(path):
+        a = Outbox(path, "dev-a", max_rows=100, max_bytes=10_000)
+        b = Outbox(path, "dev-b", max_rows=100, max_bytes=10_000)
+        assert (a.committed_through, a.depth, a.floor()) == (2, 2, 3)
+        assert (b.committed_through, b.depth) == (4, 0)
+        a.close()
+        b.close()
