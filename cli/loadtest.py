@@ -21,10 +21,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import psutil  # type: ignore[import-untyped]
-import psycopg
 import typer
 from rich.console import Console
 from rich.live import Live
@@ -33,6 +32,9 @@ from rich.table import Table
 from simulators.cli import raise_fd_limit
 from simulators.fleet import Fleet, FleetConfig
 from simulators.scenario import Scenario, ScenarioError, load_scenario
+
+if TYPE_CHECKING:
+    import psycopg
 
 console = Console()
 
@@ -176,6 +178,8 @@ async def run_loadtest(
     clock_skew_s: dict[int, float] | None = None,
     live: bool = True,
 ) -> LoadReport:
+    import psycopg  # the load test reads the database; the device image (.[sim]) has no driver
+
     prefix = scenario.id_prefix
     config = FleetConfig(scenario, mqtt_url, data_dir, clock_skew_s=clock_skew_s or {})
     watch = ProcessWatch([psutil.Process().pid, *watch_pids])
@@ -246,7 +250,7 @@ async def run_loadtest(
         samples_per_s_stored=round(n_samples / held, 1),
         loss=sum(lost.values()),
         lost_by_device=dict(sorted(lost.items())[:50]),
-        duplicates_sent=max(0, stats.published - stats.stored),
+        duplicates_sent=max(0, stats.sent - stats.stored),
         duplicates_stored=dup_rows,
         quarantined=q1 - q0,
         latency_ms={k: round(v, 1) for k, v in latency.items()},

@@ -41,7 +41,8 @@ def _admin() -> tuple[CloudConfig, DynsecClient]:
 
 @broker_app.command("bootstrap")
 def bootstrap() -> None:
-    """Deny by default and create the service roles (svc-ingest, svc-alerts, svc-ota). Safe to repeat."""
+    """Deny by default and create the service roles (svc-ingest, svc-alerts, svc-ota). Safe to repeat:
+    existing roles gain the rights added since."""
     from cloud.identity import provision
 
     _config, admin = _admin()
@@ -59,10 +60,24 @@ def service(
         help="take the password from this environment variable (a deployment's secret) instead of "
         "generating one; an identity that already exists is then left as it is",
     ),
+    client_id: str | None = typer.Option(
+        None,
+        help="bind the identity to this one client id (one identity per process, e.g. svc-ingest-2 "
+        "with ingest-2); it must start with a reserved prefix (ingest, alerts, ota, svc, mf-, ...). "
+        "Without it the service's processes share the identity and pick their ids (ingest-1..N), "
+        "all in the reserved space no device may use",
+    ),
 ) -> None:
     """Create a service identity; prints its credentials once as JSON on stdout."""
-    from cloud.identity import provision
+    from cloud.identity import policy, provision
     from cloud.identity.dynsec import DynsecError
+
+    if client_id is not None:
+        try:
+            policy.check_service_client_id(client_id)
+        except policy.ReservedIdError as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from None
 
     password = None
     if password_env:
@@ -73,10 +88,12 @@ def service(
     config, admin = _admin()
     with admin:
         try:
-            creds = provision.provision_service(admin, username, role, config.mqtt_url, password)
+            creds = provision.provision_service(admin, username, role, config.mqtt_url, password, client_id)
         except DynsecError as exc:
             if password is None or "already exists" not in str(exc):
                 raise
+            if client_id is not None:  # the binding asked for holds after a re-run, too
+                admin.run([{"command": "setClientId", "username": username, "clientid": client_id}])
             console.print(f"{username} exists; left as it is")
             return
     typer.echo(json.dumps({"username": creds.username, "mqtt_url": creds.url_with_secret()}))
@@ -89,12 +106,20 @@ def provision_device(
         None, help="write the credentials file here (mode 0600) instead of stdout"
     ),
 ) -> None:
-    """Create a device identity that may publish only under its own topics; the secret is shown once."""
-    from cloud.identity import provision
+    """Create a device identity that may publish only under its own topics and connect only with client
+    id = device id; the secret is shown once. Again for an existing device: a new secret (the old one
+    stops working) and the binding repaired. Ids starting with a services' prefix are refused."""
+    from cloud.identity import policy, provision
+    from contract.errors import TopicError
 
+    try:
+        policy.check_device_client_id(device_id)
+    except (policy.ReservedIdError, TopicError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
     config, admin = _admin()
     with admin:
-        creds = provision.provision_device(admin, device_id, config.device_mqtt_url)
+        creds = provision.provision_device(admin, device_id, config.device_mqtt_url, replace=True)
     text = json.dumps({"device_id": device_id, "mqtt_url": creds.url_with_secret()})
     if out is None:
         typer.echo(text)
