@@ -7,6 +7,10 @@ batch should be written (size or age) and `take()` hands over the `Batch` and st
 
 The tokens of every message, valid or quarantined, are in `Batch.acks`: the consumer acknowledges them
 only after the transaction holding the batch has committed.
+
+End-to-end acknowledgement (cloud/ingest/marks.py): `Batch.receipts` holds (device_id, seq) of every
+message the batch commits, stored or quarantined (a quarantined one when its device and seq can be read),
+and `Batch.syncs` the devices' SyncRequests (topic kind `sync`, decoded with `decode_sync`, not telemetry).
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 from cloud.ingest import rows, tables
-from cloud.ingest.rows import Row
-from contract.codec import MAX_PAYLOAD_BYTES, decode_uplink
+from cloud.ingest.rows import Receipt, Row
+from contract.codec import MAX_PAYLOAD_BYTES, decode_sync, decode_uplink
 from contract.errors import ContractError, Reason
 from contract.messages import (
     DeviceEvent,
@@ -32,9 +36,34 @@ from contract.messages import (
 
 T = TypeVar("T")
 
-# Timescale compresses chunks after `compress_after` (14 days by default, docs/data-model.md); data older
-# than this horizon is quarantined as too_late instead of being written into a compressed chunk.
-DEFAULT_LATE_HORIZON = timedelta(days=13)
+# The late horizon (docs/data-model.md, "Late data"): data older than this is quarantined as too_late (kept,
+# replayable with `microfleet quarantine replay`). It is never shorter than what the edge outbox holds for a
+# device that was offline (edge/config.py: two weeks of a heavy user) plus a margin for the reconnect, the
+# drain and clock skew. On TimescaleDB it is compress_after (17 days, migration 0006) minus LATE_MARGIN, so
+# ingest never writes into a compressed chunk; on plain PostgreSQL nothing is compressed and it is the
+# shortest retention of the tables ingest writes (or NO_LATE_HORIZON): see late_horizon_for.
+OUTBOX_OFFLINE_CAPACITY = timedelta(days=14)
+MIN_LATE_HORIZON = OUTBOX_OFFLINE_CAPACITY + timedelta(days=2)
+DEFAULT_LATE_HORIZON = MIN_LATE_HORIZON
+LATE_MARGIN = timedelta(days=1)  # between the horizon and compress_after: a batch retried for a while
+NO_LATE_HORIZON = timedelta(days=100 * 366)  # nothing drops old data: accept anything after 1926 or so
+Sync = tuple[str, int, int]  # (device_id, floor, next_seq) of a SyncRequest
+
+
+def late_horizon_for(
+    path: str | None, compress_after: timedelta | None, retention: timedelta | None
+) -> timedelta:
+    """Pure: the late horizon of a storage path ("timescale" or "plain"), from the smallest compress_after
+    and retention of the time-series tables ingest writes (storage_policy). Never below MIN_LATE_HORIZON:
+    if an operator set compress_after shorter, late rows go into compressed chunks (slower) rather than
+    into quarantine."""
+    if path == "timescale":
+        horizon = DEFAULT_LATE_HORIZON if compress_after is None else compress_after - LATE_MARGIN
+    elif path == "plain":
+        horizon = NO_LATE_HORIZON if retention is None else retention
+    else:
+        horizon = DEFAULT_LATE_HORIZON
+    return max(horizon, MIN_LATE_HORIZON)
 
 
 @dataclass(slots=True)
@@ -49,13 +78,19 @@ class Batch(Generic[T]):
     devices: list[Row] = field(default_factory=list)
     quarantine: list[Row] = field(default_factory=list)
     acks: list[T] = field(default_factory=list)
-    # the accepted messages as received, to isolate one the database refuses (see writer.py)
-    raw: list[tuple[str, bytes]] = field(default_factory=list)
+    # the accepted messages as received and decoded, to isolate one the database refuses (see writer.py)
+    accepted: list[tuple[str, bytes, UplinkMessage]] = field(default_factory=list)
     first_at: float = 0.0  # monotonic time of the first message
+    receipts: list[Receipt] = field(default_factory=list)
+    syncs: list[Sync] = field(default_factory=list)
 
     @property
     def messages(self) -> int:
         return len(self.acks)
+
+    @property
+    def raw(self) -> list[tuple[str, bytes]]:
+        return [(t, p) for t, p, _ in self.accepted]
 
 
 class Batcher(Generic[T]):
@@ -79,7 +114,9 @@ class Batcher(Generic[T]):
 
     def _reset(self) -> None:
         self._acks: list[T] = []
-        self._raw: list[tuple[str, bytes]] = []
+        self._accepted: list[tuple[str, bytes, UplinkMessage]] = []
+        self._receipts: list[Receipt] = []
+        self._syncs: list[Sync] = []
         self._samples: dict[tuple[object, ...], Row] = {}
         self._events: dict[tuple[object, ...], Row] = {}
         self._ota: dict[tuple[object, ...], Row] = {}
@@ -99,6 +136,10 @@ class Batcher(Generic[T]):
             self._first_at = mono
         self._acks.append(ack)
         try:
+            if topic.endswith("/sync"):
+                sync = decode_sync(topic, payload, now, max_bytes=self.max_payload)
+                self._syncs.append((sync.device_id, sync.floor, sync.next_seq))
+                return None
             message = decode_uplink(topic, payload, now, max_bytes=self.max_payload)
             if rows.oldest_time(message) < now - self.late_horizon:
                 raise ContractError(
@@ -110,15 +151,22 @@ class Batcher(Generic[T]):
         except ContractError as exc:
             self.add_quarantine(topic, payload, exc.reason, exc.detail)
             return exc.reason
-        self._raw.append((topic, payload))
-        self._add_message(message)
+        self.add_decoded(topic, payload, message)
         return None
 
+    def add_decoded(self, topic: str, payload: bytes, message: UplinkMessage) -> None:
+        """Add a message already decoded and checked (the writer re-batches a part of a refused batch)."""
+        self._accepted.append((topic, payload, message))
+        self._receipts.append((message.device_id, message.seq))
+        self._add_message(message)
+
     def add_quarantine(self, topic: str, payload: bytes, reason: Reason, detail: str) -> None:
-        digest = rows.sha256(payload)
-        self._quarantine.setdefault(
-            (topic, digest), (topic, payload, digest, reason.value, detail, self.consumer)
-        )
+        """Quarantine the message (texts cleaned: rows.quarantine_row), with its receipt if it has one."""
+        row = rows.quarantine_row(topic, payload, reason, detail, self.consumer)
+        if self._quarantine.setdefault((row[0], row[2]), row) is row:
+            receipt = rows.lenient_receipt(topic, payload)
+            if receipt is not None:
+                self._receipts.append(receipt)
 
     def _check_fits(self, m: UplinkMessage) -> None:
         """Reject values the contract allows but a column cannot hold (samples are bounded by the contract)."""
@@ -184,8 +232,10 @@ class Batcher(Generic[T]):
             devices=list(self._devices.values()),
             quarantine=list(self._quarantine.values()),
             acks=self._acks,
-            raw=self._raw,
+            accepted=self._accepted,
             first_at=self._first_at,
+            receipts=self._receipts,
+            syncs=self._syncs,
         )
         self._reset()
         return batch

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from contract.errors import Reason
 from contract.messages import (
     DeviceEvent,
     DeviceState,
@@ -22,8 +23,10 @@ from contract.messages import (
     Status,
     UplinkMessage,
 )
+from contract.topics import is_valid_device_id
 
 Row = tuple[Any, ...]
+Receipt = tuple[str, int]  # (device_id, seq) of a message ingest committed (stored or quarantined)
 
 SESSION_START_FIELDS = ("level_start", "tz_offset_min", "protocol_id", "protocol_version", "fw_version")
 SESSION_END_FIELDS = (
@@ -221,3 +224,69 @@ def ota_report_row(m: OtaReport) -> Row:
         m.reason,
         m.retryable,
     )
+
+
+# -- quarantine ------------------------------------------------------------------------------------------
+# Everything written into quarantine comes from a device or from an error about its bytes, so it is made
+# storable first: PostgreSQL text holds no NUL and UTF-8 holds no lone surrogate (msgspec and paho can hand
+# either over), and a huge topic or error text must not make the row itself fail.
+MAX_TOPIC_CHARS = 512
+MAX_DETAIL_CHARS = 2000
+
+
+def clean_text(text: str, limit: int) -> str:
+    """`text` as PostgreSQL `text` accepts it: NUL escaped as \\x00, invalid surrogates as \\udXXX, and at
+    most `limit` characters (cut with an ellipsis)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > limit:
+        text = text[: limit - 1] + "\u2026"
+    return text
+
+
+def ascii_text(text: str, limit: int) -> str:
+    """The last resort: only printable ASCII (everything else escaped), so no encoding can refuse it."""
+    out = text.encode("ascii", "backslashreplace").decode("ascii")
+    out = "".join(c if " " <= c <= "~" else f"\\x{ord(c):02x}" for c in out)
+    return out[:limit]
+
+
+def quarantine_row(topic: str, payload: bytes, reason: Reason, detail: str, consumer: str) -> Row:
+    """A quarantine row (columns of tables.QUARANTINE) with every text cleaned."""
+    return (
+        clean_text(topic, MAX_TOPIC_CHARS),
+        payload,
+        sha256(payload),
+        reason.value,
+        clean_text(detail, MAX_DETAIL_CHARS),
+        clean_text(consumer, 200),
+    )
+
+
+class _SeqProbe(msgspec.Struct):
+    seq: int  # every other field ignored: a lenient look at a message that failed its strict decode
+
+
+_seq_probe = msgspec.json.Decoder(_SeqProbe)
+_UP = "mf/v1/"
+
+
+def lenient_receipt(topic: str, payload: bytes) -> Receipt | None:
+    """(device_id, seq) of a message that will be quarantined, if both can be read: the device from an
+    uplink topic (not `sync`: a sync request has no seq), the seq as a top-level integer field. None if not."""
+    if not topic.startswith(_UP):
+        return None
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[3] != "up" or parts[4] == "sync" or not is_valid_device_id(parts[2]):
+        return None
+    try:
+        seq = _seq_probe.decode(payload).seq
+    except Exception:  # noqa: BLE001 - any failure of a lenient parse only means "no receipt"
+        return None
+    if not 0 <= seq < 2**63:
+        return None
+    return (parts[2], seq)

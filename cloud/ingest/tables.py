@@ -2,6 +2,8 @@
 
 Column orders match the tuples built by `rows.py`. Staging tables are TEMP ... ON COMMIT DELETE ROWS,
 created once per connection; their types are ours, so the real tables may add columns with defaults.
+The upserts take their rows in key order, like the commit marks (marks.py): two ingest processes lock
+the rows they share in the same order and do not deadlock.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ SESSIONS = Table(
     _SESSION_TYPES,
     # start and end merge column-wise, in either order and any number of times
     f"INSERT INTO sessions AS s ({_session_cols}) SELECT {_session_cols} FROM mf_stage_sessions "
+    "ORDER BY device_id, session_id, started_at "
     f"ON CONFLICT (device_id, session_id, started_at) DO UPDATE SET {_session_set}",
 )
 
@@ -86,7 +89,7 @@ DEVICES = Table(
     # status (a redelivery, or a slower consumer) never overwrites a newer one.
     "INSERT INTO devices AS d (device_id, last_seen, last_seq, tz_offset_min, updated_at, "
     f"{', '.join(_STATUS_ALL)}) SELECT device_id, last_seen, last_seq, tz_offset_min, status_at, "
-    f"{', '.join(_STATUS_ALL)} FROM mf_stage_devices ON CONFLICT (device_id) DO UPDATE SET "
+    f"{', '.join(_STATUS_ALL)} FROM mf_stage_devices ORDER BY device_id ON CONFLICT (device_id) DO UPDATE SET "
     "last_seen = GREATEST(d.last_seen, EXCLUDED.last_seen), last_seq = GREATEST(d.last_seq, EXCLUDED.last_seq), "
     "tz_offset_min = COALESCE(EXCLUDED.tz_offset_min, d.tz_offset_min), "
     f"{_status_set}, updated_at = CASE WHEN {_newer} THEN EXCLUDED.updated_at ELSE d.updated_at END",

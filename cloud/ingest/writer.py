@@ -8,17 +8,24 @@ Strategies (measured by bench/ingest.py, see docs/performance.md):
 - ``stage``: COPY into a TEMP staging table (ON COMMIT DELETE ROWS, created once per connection), then
   ``INSERT INTO t SELECT ... FROM stage ON CONFLICT DO NOTHING``.
 Sessions and devices are always merged with an upsert from their staging table, quarantine with
-ON CONFLICT (topic, payload_sha256) DO NOTHING. Everything of a batch commits together or not at all.
+ON CONFLICT (topic, payload_sha256) DO NOTHING. With ``marks=True`` (the default) the same transaction
+records the batch's receipts and syncs and moves the devices' commit marks (marks.py). Everything of a
+batch commits together or not at all.
 
-Errors: a lost or refused connection is transient: roll back, back off (capped exponential, full
-jitter), reconnect and write the same batch again, for as long as it takes (the caller acks nothing
-before commit). A row the database refuses (SQLSTATE class 22/23, e.g. a level that does not fit a
-smallint) is permanent: the batch's messages are then written one by one, each in a savepoint, and
-the refused ones go to quarantine (reason out_of_range, the database's message as detail).
+Errors (classify): a lost or refused connection, a deadlock or serialization failure, a server short of
+resources or shutting down, a read-only server (a failover) are transient: roll back, back off (capped
+exponential, full jitter), reconnect and write the same batch again, for as long as it takes (the caller
+acks nothing before commit). ANY other error of the database or of the row dumpers (DataError,
+IntegrityError other than a redelivery's unique violation, ProgrammingError, InternalError, ValueError,
+TypeError, OverflowError, UnicodeEncodeError ...) is the data's: the accepted messages are split in halves,
+each half written in a savepoint, until every refused message is isolated; those go to quarantine (reason
+out_of_range, the database's message as detail) and the rest commits. Quarantine rows are cleaned
+(rows.quarantine_row) and, should one still be refused, stored as a minimal ASCII row with the payload.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -30,8 +37,9 @@ from typing import Any, Literal
 import psycopg
 from psycopg import errors as pgerrors
 
+from cloud.ingest import marks as commit_marks
 from cloud.ingest.batcher import Batch, Batcher
-from cloud.ingest.rows import Row
+from cloud.ingest.rows import MAX_DETAIL_CHARS, MAX_TOPIC_CHARS, Row, ascii_text, quarantine_row
 from cloud.ingest.tables import (
     ALL_TABLES,
     APPEND_TABLES,
@@ -43,6 +51,7 @@ from cloud.ingest.tables import (
     Table,
 )
 from contract.errors import Reason
+from contract.messages import UplinkMessage
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +67,43 @@ class WriteResult:
     quarantined: int
     commit_s: float  # wall time of the transaction, COPY to COMMIT
     attempts: int
+    # (topic, payload) of the accepted messages the database refused: quarantined as out_of_range
+    refused: tuple[tuple[str, bytes], ...] = ()
+    marks_advanced: int = 0  # devices whose commit mark moved up in this transaction
+    syncs: int = 0
 
 
 class TransientError(Exception):
     """The database could not be reached or lost the connection; retrying the same batch will help."""
 
 
-# errors of the data, not of the database: a row the server refuses, or a value the COPY dumper cannot pack
-_DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, OverflowError, ValueError, TypeError)
+# SQLSTATE classes of a database that cannot take the batch now, whatever the batch: connection (08),
+# transaction rollback: deadlock, serialization (40), insufficient resources (53), operator intervention:
+# shutdown, cancel (57), system error (58); and a read-only server (25006, a failover in progress).
+_TRANSIENT_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+_TRANSIENT_STATES = frozenset({"25006"})
+# errors of the data: a row the server refuses, or a value the COPY dumper cannot pack
+_DATA_ERRORS = (psycopg.Error, ValueError, TypeError, ArithmeticError, LookupError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for a failure of the connection or the server, that retrying the same batch can cure."""
+    if isinstance(exc, OSError | psycopg.InterfaceError | TransientError):
+        return True
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate
+        if state is None:  # raised by the client: a lost connection, or a value it could not dump
+            return isinstance(exc, psycopg.OperationalError)
+        return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_STATES
+    return False
 
 
 def _permanent(exc: BaseException) -> bool:
-    return isinstance(exc, _DATA_ERRORS) and not isinstance(exc, pgerrors.UniqueViolation)
+    """An error of the batch's data: split the batch (never retry it as is)."""
+    return isinstance(exc, _DATA_ERRORS) and not is_transient(exc)
+
+
+Accepted = tuple[str, bytes, UplinkMessage]
 
 
 class BatchWriter:
@@ -81,18 +115,23 @@ class BatchWriter:
         strategy: Strategy = "copy",
         isolate: Callable[[str, bytes], Batch[Any]] | None = None,
         connect_timeout_s: int = 5,
+        marks: bool = True,
     ) -> None:
+        """`marks`: record receipts and move commit marks in each batch's transaction (the end-to-end
+        acknowledgement; False only to measure its cost). `isolate` is no longer used (the batch carries
+        its decoded messages); accepted for callers that still pass it."""
         self.dsn = dsn
         self.consumer = consumer
         self.strategy: Strategy = strategy
-        self._isolate = isolate
+        self.marks = marks
+        del isolate
         self._connect_timeout_s = connect_timeout_s
         self._conn: psycopg.Connection[Any] | None = None
         self.failures = 0  # failed attempts since start (transient errors)
 
     # -- connection -------------------------------------------------------------------------------
     def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
+        if self._conn is None or self._conn.closed or self._conn.broken:
             conn = psycopg.connect(
                 self.dsn,
                 connect_timeout=self._connect_timeout_s,
@@ -123,88 +162,162 @@ class BatchWriter:
             for row in rows:
                 copy.write_row(row)
 
-    def _write_rows(self, cur: psycopg.Cursor[Any], batch: Batch[Any], strategy: Strategy) -> None:
+    def _merge(self, cur: psycopg.Cursor[Any], table: Table, rows: Sequence[Row], reuse: bool) -> None:
+        self._copy(cur, table, table.stage, rows)
+        cur.execute(table.merge)
+        if table is OTA_REPORTS:
+            cur.execute(OTA_JOB_MERGE)  # reads the staged reports: the newest state of each job
+        if reuse:  # more merges follow in this transaction: the stage is emptied at COMMIT only
+            cur.execute(f"DELETE FROM {table.stage}")
+
+    def _write_rows(
+        self, cur: psycopg.Cursor[Any], batch: Batch[Any], strategy: Strategy, *, reuse: bool = False
+    ) -> None:
+        """The batch's rows, quarantine apart (see _store_quarantine)."""
         for table, rows in zip(APPEND_TABLES, (batch.samples, batch.events, batch.uplink_log), strict=True):
             if strategy == "copy":
                 self._copy(cur, table, table.name, rows)
             elif rows:
-                self._copy(cur, table, table.stage, rows)
-                cur.execute(table.merge)
+                self._merge(cur, table, rows, reuse)
         for table, rows in (
             (SESSIONS, batch.sessions),
             (DEVICES, batch.devices),
-            (QUARANTINE, batch.quarantine),
             (OTA_REPORTS, batch.ota_reports),
         ):
             if rows:
-                self._copy(cur, table, table.stage, rows)
-                cur.execute(table.merge)
-        if batch.ota_reports:
-            cur.execute(OTA_JOB_MERGE)  # reads the staged reports: the newest state of each job
-        if strategy == "stage" or batch.sessions or batch.devices or batch.quarantine or batch.ota_reports:
-            # staging tables are emptied at COMMIT; empty them now too, in case of a savepoint retry
-            for table in ALL_TABLES:
-                cur.execute(f"DELETE FROM {table.stage}")
+                self._merge(cur, table, rows, reuse)
 
-    def _isolated(self, cur: psycopg.Cursor[Any], batch: Batch[Any]) -> int:
-        """Write the batch message by message; quarantine those the database refuses. Returns how many."""
-        assert self._isolate is not None
-        refused: Batcher[None] = Batcher(consumer=self.consumer)
-        for topic, payload in batch.raw:
-            single = self._isolate(topic, payload)
+    def _store_quarantine(self, cur: psycopg.Cursor[Any], rows: Sequence[Row], *, safe: bool) -> None:
+        """Quarantine rows: all at once; with `safe`, a refused set is stored row by row, and a refused row
+        as a minimal ASCII row with its payload (which bytea always takes)."""
+        if not rows:
+            return
+        if not safe:
+            self._merge(cur, QUARANTINE, rows, reuse=False)
+            return
+        try:
+            with cur.connection.transaction():
+                self._merge(cur, QUARANTINE, rows, reuse=True)
+            return
+        except _DATA_ERRORS as exc:
+            if not _permanent(exc):
+                raise
+        for row in rows:
             try:
                 with cur.connection.transaction():
-                    self._write_rows(cur, single, "stage")
-            except (psycopg.Error, *_DATA_ERRORS) as exc:
+                    self._merge(cur, QUARANTINE, [row], reuse=True)
+            except _DATA_ERRORS as exc:
                 if not _permanent(exc):
                     raise
-                refused.add_quarantine(topic, payload, Reason.OUT_OF_RANGE, f"the database refused it: {exc}")
-        rejected = refused.take().quarantine
-        self._write_rows(cur, Batch(quarantine=batch.quarantine + rejected), "stage")
-        return len(rejected)
+                topic, payload, digest, reason, detail, consumer = row
+                minimal = (
+                    ascii_text(str(topic), MAX_TOPIC_CHARS),
+                    bytes(payload),
+                    digest,
+                    ascii_text(str(reason), 100),
+                    ascii_text(f"{detail} (stored in ASCII: {exc})", MAX_DETAIL_CHARS),
+                    ascii_text(str(consumer), 200),
+                )
+                with cur.connection.transaction():
+                    cur.execute(
+                        "INSERT INTO quarantine (topic, payload, payload_sha256, reason, detail, consumer) "
+                        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (topic, payload_sha256) DO NOTHING",
+                        minimal,
+                    )
+
+    def _rebatch(self, items: Sequence[Accepted]) -> Batch[Any]:
+        b: Batcher[None] = Batcher(consumer=self.consumer, max_messages=max(1, len(items)))
+        for topic, payload, message in items:
+            b.add_decoded(topic, payload, message)
+        return b.take()
+
+    def _split(self, cur: psycopg.Cursor[Any], items: Sequence[Accepted]) -> list[tuple[str, bytes, str]]:
+        """Write `items` in savepoints, halving what the database refuses until each refused message is
+        alone; returns (topic, payload, why) of the refused ones."""
+        if not items:
+            return []
+        try:
+            with cur.connection.transaction():
+                self._write_rows(cur, self._rebatch(items), "stage", reuse=True)
+            return []
+        except _DATA_ERRORS as exc:
+            if not _permanent(exc):
+                raise
+            if len(items) == 1:
+                topic, payload, _ = items[0]
+                return [(topic, payload, f"the database refused it: {type(exc).__name__}: {exc}")]
+        mid = len(items) // 2
+        return self._split(cur, items[:mid]) + self._split(cur, items[mid:])
+
+    def _finish(self, cur: psycopg.Cursor[Any], batch: Batch[Any]) -> commit_marks.Advance | None:
+        return commit_marks.advance(cur, batch.receipts, batch.syncs) if self.marks else None
+
+    def _attempt(
+        self, conn: psycopg.Connection[Any], batch: Batch[Any]
+    ) -> tuple[list[tuple[str, bytes, str]], Any]:
+        cur = conn.cursor()
+        first: BaseException | None = None
+        for strategy in (self.strategy, "stage") if self.strategy == "copy" else ("stage",):
+            try:
+                with conn.transaction():
+                    self._write_rows(cur, batch, strategy)
+                    self._store_quarantine(cur, batch.quarantine, safe=False)
+                    return [], self._finish(cur, batch)
+            except pgerrors.UniqueViolation as exc:
+                first = exc  # a redelivered row: write the batch again, skipping the rows already there
+                continue
+            except _DATA_ERRORS as exc:
+                if not _permanent(exc) or conn.broken:
+                    raise
+                first = exc
+                break
+        log.warning(
+            "the database refused the batch (%s: %s); splitting its %d messages",
+            type(first).__name__,
+            str(first)[:300],
+            len(batch.accepted),
+        )
+        with conn.transaction():
+            refused = self._split(cur, batch.accepted)
+            rows = [quarantine_row(t, p, Reason.OUT_OF_RANGE, why, self.consumer) for t, p, why in refused]
+            self._store_quarantine(cur, batch.quarantine + rows, safe=True)
+            return refused, self._finish(cur, batch)
 
     def write_once(self, batch: Batch[Any]) -> WriteResult:
         """One attempt: returns after COMMIT, raises TransientError (nothing committed) otherwise."""
         t0 = time.perf_counter()
-        refused = 0
         try:
             conn = self._connection()
-            cur = conn.cursor()
-            try:
-                with conn.transaction():
-                    self._write_rows(cur, batch, self.strategy)
-            except pgerrors.UniqueViolation:
-                # a redelivered row: write the batch again, skipping the rows that are already there
-                with conn.transaction():
-                    self._write_rows(cur, batch, "stage")
-        except (psycopg.Error, *_DATA_ERRORS) as exc:
-            if not _permanent(exc) or self._isolate is None:
+            refused, adv = self._attempt(conn, batch)
+        except Exception as exc:
+            if is_transient(exc) or (self._conn is not None and self._conn.broken):
                 self.close()
                 raise TransientError(f"{type(exc).__name__}: {exc}") from exc
-            log.warning(
-                "the database refused a row (%s); isolating the batch's %d messages", exc, len(batch.raw)
-            )
-            conn = self._connection()
-            with conn.transaction():
-                refused = self._isolated(conn.cursor(), batch)
+            raise
+        for topic, _, why in refused:
+            log.warning("quarantined a message on %s the database refused: %s", topic[:200], why[:300])
         return WriteResult(
             messages=batch.messages,
             samples=len(batch.samples),
-            quarantined=len(batch.quarantine) + refused,
+            quarantined=len(batch.quarantine) + len(refused),
             commit_s=time.perf_counter() - t0,
             attempts=1,
+            refused=tuple((t, p) for t, p, _ in refused),
+            marks_advanced=0 if adv is None else adv.advanced,
+            syncs=len(batch.syncs),
         )
 
     def write(self, batch: Batch[Any], stop: threading.Event | None = None) -> WriteResult | None:
         """Write until committed. Returns None only if `stop` was set while the database was unreachable
-        (nothing committed: the caller must not acknowledge the batch)."""
+        (nothing committed: the caller must not acknowledge the batch). An error that is neither transient
+        nor the data's (a bug) is raised."""
         attempt = 0
         delay = BACKOFF_MIN_S
         while True:
             attempt += 1
             try:
                 result = self.write_once(batch)
-            except (TransientError, psycopg.Error, OSError) as exc:
+            except TransientError as exc:
                 self.close()
                 self.failures += 1
                 pause = random.uniform(0, delay)
@@ -223,4 +336,4 @@ class BatchWriter:
                 continue
             if attempt > 1:
                 log.info("batch of %d messages committed after %d attempts", batch.messages, attempt)
-            return WriteResult(result.messages, result.samples, result.quarantined, result.commit_s, attempt)
+            return dataclasses.replace(result, attempts=attempt)
