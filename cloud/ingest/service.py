@@ -86,16 +86,25 @@ class Stats:
 
 
 def late_horizon_of(dsn: str) -> timedelta:
-    """compress_after (storage_policy) minus a margin; the default if the database does not say."""
+    """The late horizon of this database (batcher.late_horizon_for): on TimescaleDB compress_after minus a
+    margin, on plain PostgreSQL the shortest retention of the tables ingest writes; never below the edge
+    outbox's offline capacity plus a margin. The default if the database does not say."""
+    from cloud.db.migrate import current_path
+    from cloud.ingest.batcher import late_horizon_for
+
     try:
         with psycopg.connect(dsn, connect_timeout=5) as conn:
-            row = conn.execute("SELECT min(compress_after) FROM storage_policy").fetchone()
+            path = current_path(conn)
+            row = conn.execute(
+                "SELECT min(compress_after), min(retention) FROM storage_policy "
+                "WHERE relation IN ('samples', 'uplink_log', 'sessions', 'device_events')"
+            ).fetchone()
     except psycopg.Error as exc:
         log.warning("late horizon not read from storage_policy (%s); using %s", exc, DEFAULT_LATE_HORIZON)
         return DEFAULT_LATE_HORIZON
-    if row is None or row[0] is None:
-        return DEFAULT_LATE_HORIZON
-    horizon: timedelta = row[0] - LATE_MARGIN
+    compress_after, retention = (None, None) if row is None else row
+    horizon = late_horizon_for(None if path is None else str(path), compress_after, retention)
+    log.info("late horizon %s (%s path)", horizon, path)
     return horizon
 
 
