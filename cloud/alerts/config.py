@@ -25,6 +25,7 @@ def _hhmm(name: str, value: str) -> time:
 class AlertConfig:
     database_url: str
     mqtt_url: str
+    mqtt_ca_file: str | None = None
     group: str = "alerts"
     consumer_id: str = "alerts-1"
     receive_maximum: int = 2000
@@ -43,6 +44,10 @@ class AlertConfig:
     gate_poll_s: float = 2.0
     timer_s: float = 1.0  # held notices, snooze expiry and retries are looked at this often
     sweep_s: float = 3600.0  # open sliding-rule alerts (O5, T2, T4) are re-evaluated this often per device
+    # on SIGTERM, leave the consumer group (unsubscribe, ack what is held, end the session): right for a
+    # scale-in; a lone engine that restarts keeps its session instead, so nothing published meanwhile is
+    # lost to it (nothing re-sends to the engine what ingest already committed)
+    leave_on_stop: bool = False
 
     @classmethod
     def from_env(
@@ -54,6 +59,7 @@ class AlertConfig:
             values: dict[str, object] = {
                 "database_url": cloud.database_url,
                 "mqtt_url": cloud.mqtt_url,
+                "mqtt_ca_file": cloud.mqtt_ca_file,
                 "session_expiry_s": cloud.session_expiry_s,
                 "group": e.get(p + "GROUP", "alerts"),
                 "consumer_id": e.get(p + "CONSUMER_ID", "alerts-1"),
@@ -70,6 +76,7 @@ class AlertConfig:
                 "webhook_backoff_cap_s": float(e.get(p + "WEBHOOK_BACKOFF_CAP_S", "300")),
                 "gate_poll_s": float(e.get(p + "GATE_POLL_S", "2")),
                 "sweep_s": float(e.get(p + "SWEEP_S", "3600")),
+                "leave_on_stop": e.get(p + "LEAVE_ON_STOP", "").lower() in ("1", "true", "yes"),
             }
         except ValueError as exc:
             if isinstance(exc, AlertConfigError):

@@ -1,7 +1,7 @@
 """Composition root of one alert engine process (`microfleet alerts run`).
 
-Threads, each started and joined here: paho's network thread (the `alerts` shared-subscription
-Consumer), the engine thread (batches -> one transaction each -> acks after COMMIT), the delivery worker
+Threads, each started and joined here (cloud.runtime.threads: one that dies takes the process down):
+paho's network threads (the `alerts` shared-subscription Consumer, the downlink Publisher), the engine thread (batches -> one transaction each -> acks after COMMIT), the delivery worker
 (notices and gates), the webhook worker (when a URL is set), the profile poller (safety gate) and the
 timer (snoozes that expire, orphaned session state, the sweep of sliding rules as days pass). The
 in-memory backlog is bounded by the consumer's Receive Maximum: the broker sends no more until we ack.
@@ -21,13 +21,15 @@ from typing import Any
 import psycopg
 
 from cloud.alerts.config import AlertConfig
-from cloud.alerts.delivery import DeliveryWorker, Publisher
+from cloud.alerts.delivery import BATCH, DeliveryWorker, Publisher
 from cloud.alerts.engine import BatchResult, Engine
 from cloud.alerts.gate import GatePoller
 from cloud.alerts.lifecycle import wake_snoozed
-from cloud.alerts.sweep import sweep
+from cloud.alerts.sweep import sweep as sweep_rules
 from cloud.alerts.webhook import WebhookWorker
 from cloud.ingest.consumer import AckToken, Consumer
+from cloud.runtime.db import Database
+from cloud.runtime.threads import Threads
 from contract.topics import Uplink
 
 log = logging.getLogger(__name__)
@@ -93,9 +95,13 @@ class AlertService:
             receive_maximum=cfg.receive_maximum,
             session_expiry_s=cfg.session_expiry_s,
             kinds=EVALUATED,
+            ca_file=cfg.mqtt_ca_file,
         )
-        self.publisher = Publisher(cfg.mqtt_url, f"{cfg.consumer_id}-down")
-        self.delivery = DeliveryWorker(cfg, self.publisher, clock)
+        self.db = Database(cfg.database_url, name=cfg.consumer_id, max_size=4)
+        self.publisher = Publisher(
+            cfg.mqtt_url, f"{cfg.consumer_id}-down", ca_file=cfg.mqtt_ca_file, inflight=BATCH
+        )
+        self.delivery = DeliveryWorker(cfg, self.publisher, clock, self.db)
         self.webhook = WebhookWorker(cfg, clock) if cfg.webhook_url else None
         self.gate = GatePoller(cfg, clock, self.delivery.wake) if gate else None
         self.on_batch: Callable[[BatchResult], None] | None = None
@@ -103,10 +109,7 @@ class AlertService:
         self.messages = 0
         self.swept = 0  # devices looked at by the sweep of sliding rules
         self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._engine_loop, name="alerts-engine", daemon=True),
-            threading.Thread(target=self._timer_loop, name="alerts-timer", daemon=True),
-        ]
+        self._threads = Threads(cfg.consumer_id)
 
     def start(self) -> None:
         self.publisher.start()
@@ -115,15 +118,17 @@ class AlertService:
             self.webhook.start()
         if self.gate:
             self.gate.start()
-        for t in self._threads:
-            t.start()
+        self._threads.spawn("alerts-engine", self._engine_loop)
+        self._threads.spawn("alerts-timer", self._timer_loop)
         self.consumer.start()
 
-    def stop(self) -> None:
-        """Stop taking messages, finish the batch in hand (commit + ack), then stop every worker."""
+    def stop(self, *, leave: bool | None = None) -> None:
+        """Stop taking messages, finish the batch in hand (commit + ack), then stop every worker.
+        `leave` (default: cfg.leave_on_stop): first leave the consumer group (see Consumer.leave)."""
+        if self.cfg.leave_on_stop if leave is None else leave:
+            self.consumer.leave(timeout_s=15.0)
         self._stop.set()
-        for t in self._threads:
-            t.join(timeout=30)
+        self._threads.join(30)
         self.consumer.stop()
         if self.gate:
             self.gate.stop()
@@ -131,6 +136,7 @@ class AlertService:
             self.webhook.stop()
         self.delivery.stop()
         self.publisher.stop()
+        self.db.close()
 
     def __enter__(self) -> AlertService:
         self.start()
@@ -149,13 +155,17 @@ class AlertService:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
         with self:
-            log.info("alert engine %s running (group %s)", self.cfg.consumer_id, self.cfg.group)
+            log.info(
+                "alert engine %s running (group %s, broker %s)",
+                self.cfg.consumer_id,
+                self.cfg.group,
+                self.consumer.redacted_url,
+            )
             while not done.wait(30):
                 log.info("alerts: batches=%d messages=%d", self.batches, self.messages)
 
     # -- threads --------------------------------------------------------------------------------------
     def _engine_loop(self) -> None:
-        conn: psycopg.Connection[Any] | None = None
         while not self._stop.is_set():
             items = self.inbox.take(self.cfg.batch_max_messages, self.cfg.batch_max_delay_s, self._stop)
             if not items:
@@ -163,14 +173,10 @@ class AlertService:
             attempt = 0
             while True:
                 try:
-                    if conn is None or conn.closed:
-                        conn = psycopg.connect(self.cfg.database_url, autocommit=True, connect_timeout=5)
-                    result = self.engine.process(conn, [(t, p) for t, p, _ in items], self.clock())
+                    with self.db.connection(autocommit=True) as conn:
+                        result = self.engine.process(conn, [(t, p) for t, p, _ in items], self.clock())
                     break
                 except psycopg.Error as exc:
-                    if conn is not None:
-                        conn.close()
-                    conn = None
                     delay = RETRY_S[min(attempt, len(RETRY_S) - 1)]
                     attempt += 1
                     log.warning(
@@ -188,38 +194,32 @@ class AlertService:
                 self.webhook.wake()
             if self.on_batch:
                 self.on_batch(result)
-        if conn is not None:
-            conn.close()
 
     def _timer_loop(self) -> None:
-        conn: psycopg.Connection[Any] | None = None
         # how often to look for devices due a sweep (each device is swept once per sweep_s at most)
         sweep_every = min(60.0, self.cfg.sweep_s / 4)
         next_sweep = time.monotonic()
         while not self._stop.wait(self.cfg.timer_s):
             try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(self.cfg.database_url, autocommit=True, connect_timeout=5)
-                now = self.clock()
-                with conn.transaction():
-                    woken = wake_snoozed(conn, now)
-                    conn.execute(
-                        "delete from alert_session_state where updated_at < %s", (now - STALE_SESSION,)
-                    )
-                if woken:
-                    log.info("snooze expired for alerts %s", woken)
-                if time.monotonic() >= next_sweep:
+                with self.db.connection(autocommit=True) as conn:
+                    due = time.monotonic() >= next_sweep
+                    self._timer_round(conn, sweep=due)
+                if due:
                     next_sweep = time.monotonic() + sweep_every
-                    devices, cleared = sweep(conn, self.cfg, now)
-                    self.swept += devices
-                    if cleared:
-                        log.info("sweep of %d devices resolved %d sliding-rule alerts", devices, len(cleared))
-                        if self.webhook:
-                            self.webhook.wake()
             except psycopg.Error as exc:
                 log.warning("alert timer failed (%s); retrying", exc)
-                if conn is not None:
-                    conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
+
+    def _timer_round(self, conn: psycopg.Connection[Any], *, sweep: bool) -> None:
+        now = self.clock()
+        with conn.transaction():
+            woken = wake_snoozed(conn, now)
+            conn.execute("delete from alert_session_state where updated_at < %s", (now - STALE_SESSION,))
+        if woken:
+            log.info("snooze expired for alerts %s", woken)
+        if sweep:
+            devices, cleared = sweep_rules(conn, self.cfg, now)
+            self.swept += devices
+            if cleared:
+                log.info("sweep of %d devices resolved %d sliding-rule alerts", devices, len(cleared))
+                if self.webhook:
+                    self.webhook.wake()

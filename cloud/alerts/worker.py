@@ -1,5 +1,6 @@
 """A background worker that drains a table-backed outbox in rounds: the shape shared by the device
-notice delivery and the webhook sink. It owns its thread; `stop()` sets it down and joins it."""
+notice delivery and the webhook sink. It owns its thread (cloud.runtime.threads: a round that raises
+anything but a database error takes the process down); `stop()` sets it down and joins it."""
 
 from __future__ import annotations
 
@@ -9,28 +10,34 @@ from typing import Any
 
 import psycopg
 
+from cloud.runtime.db import Database
+from cloud.runtime.threads import Threads
+
 log = logging.getLogger(__name__)
 
 
 class OutboxWorker:
-    """Subclasses implement `round(conn) -> bool` (True: a full batch was found, more may be due)."""
+    """Subclasses implement `round(conn) -> bool` (True: a full batch was found, more may be due).
+
+    `database`: the service's Database (its pool lends a connection per wake-up), or a DSN for a worker
+    used on its own (it then owns one connection)."""
 
     name = "outbox"
     autocommit = False
 
-    def __init__(self, database_url: str, timer_s: float, join_timeout_s: float) -> None:
-        self._database_url, self._timer_s, self._join_timeout_s = database_url, timer_s, join_timeout_s
+    def __init__(self, database: Database | str, timer_s: float, join_timeout_s: float) -> None:
+        self._database, self._timer_s, self._join_timeout_s = database, timer_s, join_timeout_s
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"alerts-{self.name}", daemon=True)
+        self._threads = Threads("")
 
     def start(self) -> None:
-        self._thread.start()
+        self._threads.spawn(f"alerts-{self.name}", self._run)
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=self._join_timeout_s)
+        self._threads.join(self._join_timeout_s)
 
     def wake(self) -> None:
         self._wake.set()
@@ -38,20 +45,27 @@ class OutboxWorker:
     def round(self, conn: psycopg.Connection[Any]) -> bool:
         raise NotImplementedError
 
+    def _rounds(self, conn: psycopg.Connection[Any]) -> None:
+        while self.round(conn) and not self._stop.is_set():
+            pass
+
     def _run(self) -> None:
-        conn: psycopg.Connection[Any] | None = None
+        own: psycopg.Connection[Any] | None = None
         while not self._stop.is_set():
             self._wake.wait(self._timer_s)
             self._wake.clear()
             try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(self._database_url, autocommit=self.autocommit, connect_timeout=5)
-                while self.round(conn) and not self._stop.is_set():
-                    pass
+                if isinstance(self._database, Database):
+                    with self._database.connection(autocommit=self.autocommit) as conn:
+                        self._rounds(conn)
+                    continue
+                if own is None or own.closed:
+                    own = psycopg.connect(self._database, autocommit=self.autocommit, connect_timeout=5)
+                self._rounds(own)
             except psycopg.Error as exc:
                 log.warning("%s round failed (%s); retrying in %.1f s", self.name, exc, self._timer_s)
-                if conn is not None:
-                    conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
+                if own is not None:
+                    own.close()
+                own = None
+        if own is not None:
+            own.close()

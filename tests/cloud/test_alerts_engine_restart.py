@@ -12,7 +12,9 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud.db.migrate import migrate
 from tests.cloud.test_alerts_engine_support import Uplinks, overuse_days, query, wait_for
@@ -20,6 +22,24 @@ from tests.support.services import Mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
+
+
+class NoticeSink:
+    """The devices' side of the notices: a subscription on every device's notice topic. A notice is sent
+    only when the broker routes it to a subscriber (PUBACK 0x00; 0x10 means nobody got it)."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="notice-sink", protocol=mqtt.MQTTv5)
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_a: subscribed.set()
+        self.client.on_connect = lambda c, *_a: c.subscribe("mf/v1/+/down/notice", qos=1)
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+        assert subscribed.wait(10), "the notice sink could not subscribe"
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 class EngineProcess:
@@ -72,6 +92,7 @@ def test_engine_killed_mid_stream_and_restarted_loses_none_duplicates_none(
     devices = [f"kill-{i}" for i in range(40)]
     traffic = [m for d in devices for m in overuse_days(d, now, range(-6, 0))]  # 6 past days each: O5
     uplinks = Uplinks(broker.url)
+    sink = NoticeSink(broker)
     engine = EngineProcess(broker, dsn)
     try:
         uplinks.send(traffic)
@@ -97,6 +118,7 @@ def test_engine_killed_mid_stream_and_restarted_loses_none_duplicates_none(
     finally:
         engine.stop()
         uplinks.close()
+        sink.close()
     assert query(dsn, "select count(*) from alert_history") == [(len(devices) * 6,)]
     assert query(dsn, "select count(*), sum(count), min(count) from alerts") == [
         (len(devices), len(devices), 1)
