@@ -20,6 +20,7 @@ app = typer.Typer(
 _SUBAPPS = (
     # (module, attribute, name or None to merge its commands at the top level)
     ("cloud.cli", "app", None),
+    ("cloud.ingest.quarantine_cli", "app", "quarantine"),
     ("edge.cli", "app", "edge"),
     ("simulators.cli", "app", None),
 )

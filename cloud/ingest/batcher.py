@@ -168,6 +168,11 @@ class Batcher(Generic[T]):
             if receipt is not None:
                 self._receipts.append(receipt)
 
+    def quarantine_detail(self, topic: str, payload: bytes) -> str | None:
+        """The detail of this message's quarantine row in the current batch (None if it has none)."""
+        row = self._quarantine.get((rows.clean_text(topic, rows.MAX_TOPIC_CHARS), rows.sha256(payload)))
+        return None if row is None else str(row[4])
+
     def _check_fits(self, m: UplinkMessage) -> None:
         """Reject values the contract allows but a column cannot hold (samples are bounded by the contract)."""
         checks: list[tuple[tables.Table, Row]] = [
