@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -18,8 +20,10 @@ __all__ = [
     "MOSQUITTO_CONF",
     "ROOT",
     "Mosquitto",
+    "ProductionBroker",
     "TcpProxy",
     "free_port",
+    "production_broker",
     "scratch_database",
     "secure_broker",
     "wait_port",
@@ -145,4 +149,163 @@ def secure_broker(admin_password: str = "admin-secret", tls_dir: Path | None = N
         overlay = overlay.replace("listener 8883", f"listener {tls_port} 127.0.0.1")
         overlay = overlay.replace("/mosquitto/certs", str(tls_dir))
     broker.extra_conf = overlay + "\nlog_type all\n"
+    return broker
+
+
+ENTRYPOINT = ROOT / "deploy" / "mosquitto" / "entrypoint.sh"
+ADMIN_PASSWORD = "prod-admin-secret"
+# Service identities of the production broker (as docker-compose's broker-setup makes them): one shared
+# identity per service, its processes picking their client ids in the reserved space (ingest-1..3, ...).
+SERVICE_PASSWORDS = {
+    "svc-ingest": "ingest-secret",
+    "svc-alerts": "alerts-secret",
+    "svc-ota": "ota-secret",
+    "svc-simulator": "sim-secret",
+}
+
+
+def dynsec_plugin() -> str:
+    plugin = next((p for p in DYNSEC_PLUGINS if Path(p).exists()), None)
+    if plugin is None:
+        raise FileNotFoundError(
+            "mosquitto_dynamic_security.so not found: install the Debian package mosquitto"
+        )
+    return plugin
+
+
+class ProductionBroker:
+    """The broker as docker-compose runs it: deploy/mosquitto/entrypoint.sh (base configuration with its
+    real autosave_interval, the secure overlay, dynamic security, the TLS listener on a project CA made
+    for it), with the roles bootstrapped and the service identities of SERVICE_PASSWORDS created.
+
+    `device(id)` provisions a device (bound to client id = its id) and returns its MQTT URL with
+    credentials; `service_url(name)` the URL of a service identity; `stop(kill=...)`/`start()` restart
+    it on the same ports and data folder; `close()` stops it and removes its folder."""
+
+    def __init__(self, workdir: Path) -> None:
+        from cloud.identity.pki import init_pki
+
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.cert_dir = workdir / "certs"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.cert_dir / "ca.crt").exists():
+            init_pki(self.cert_dir)
+        self.port = free_port()
+        self.tls_port = free_port()
+        self.log_path = workdir / "broker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._devices: dict[str, str] = {}
+        self._env = {
+            **os.environ,
+            "MOSQUITTO_CONF_DIR": str(ROOT / "deploy" / "mosquitto"),
+            "MOSQUITTO_DATA_DIR": str(self.data_dir),
+            "MOSQUITTO_CERT_DIR": str(self.cert_dir),
+            "MOSQUITTO_DYNSEC_PLUGIN": dynsec_plugin(),
+            "MOSQUITTO_RUN_CONF": str(workdir / "run.conf"),
+            "MQTT_PORT": str(self.port),
+            "MQTTS_PORT": str(self.tls_port),
+            "MQTT_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            # as root, mosquitto would drop to the `mosquitto` user, which cannot write our folder
+            "MOSQUITTO_EXTRA_CONF": "user root" if os.geteuid() == 0 else "",
+        }
+
+    @property
+    def url(self) -> str:
+        """The anonymous URL (refused by this broker: no anonymous access)."""
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"mqtt://admin:{ADMIN_PASSWORD}@127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.cert_dir / "ca.crt"
+
+    def run_conf(self) -> str:
+        """The configuration the entrypoint generated (base + overlay), as mosquitto reads it."""
+        return (self.workdir / "run.conf").read_text()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self) -> None:
+        if self.proc is not None:
+            return
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        try:
+            self.proc = subprocess.Popen(["sh", str(ENTRYPOINT)], env=self._env, stdout=log, stderr=log)
+        finally:
+            log.close()
+        try:
+            wait_port(self.port)
+            wait_port(self.tls_port)
+        except TimeoutError:
+            self.stop(kill=True)
+            raise RuntimeError(f"the production broker did not start; its log:\n{self.log_text()}") from None
+
+    def bootstrap(self) -> None:
+        """Roles (default deny) and the service identities; safe to repeat."""
+        from cloud.identity import policy, provision
+        from cloud.identity.dynsec import DynsecClient
+
+        with DynsecClient(self.url, "admin", ADMIN_PASSWORD) as admin:
+            provision.bootstrap(admin)
+            commands = [
+                c for name, pw in SERVICE_PASSWORDS.items() for c in policy.provision_service(name, name, pw)
+            ]
+            admin.run(commands, tolerate_exists=True)
+
+    def service_url(self, name: str) -> str:
+        """`mqtt://svc-...:secret@127.0.0.1:port` for svc-ingest, svc-alerts, svc-ota, svc-simulator."""
+        return f"mqtt://{name}:{SERVICE_PASSWORDS[name]}@127.0.0.1:{self.port}"
+
+    def devices(self, device_ids: list[str] | tuple[str, ...]) -> dict[str, str]:
+        """Provision these devices (once each: a second call returns the same credentials) over one
+        admin connection; each device's URL with its credentials, bound to client id = device id."""
+        from cloud.identity import provision
+        from cloud.identity.dynsec import DynsecClient
+
+        new = [d for d in device_ids if d not in self._devices]
+        if new:
+            with DynsecClient(self.url, "admin", ADMIN_PASSWORD) as admin:
+                for d in new:
+                    self._devices[d] = provision.provision_device(admin, d, self.url).url_with_secret()
+        return {d: self._devices[d] for d in device_ids}
+
+    def device(self, device_id: str) -> str:
+        return self.devices([device_id])[device_id]
+
+    def stop(self, kill: bool = False) -> None:
+        """SIGTERM (mosquitto saves its database on the way out) or SIGKILL (it loses what it queued
+        since its last autosave)."""
+        if self.proc is None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def production_broker(tmp_dir: Path) -> ProductionBroker:
+    """A started production broker under `tmp_dir` (a folder of its own is made there), bootstrapped,
+    with the service identities. Call `.close()` when done."""
+    broker = ProductionBroker(Path(tempfile.mkdtemp(prefix="mf-prod-", dir=tmp_dir)))
+    broker.start()
+    try:
+        broker.bootstrap()
+    except BaseException:
+        broker.close()
+        raise
     return broker
