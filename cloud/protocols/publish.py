@@ -8,17 +8,16 @@ Order matters: nothing is stored or sent unless the protocol passes the hard lim
 reaches (`contract.protocol.check`; the error names each field and limit). The store comes before the
 broker, so a publish cut short by a broker outage is completed by running it again (same version, same
 document: idempotent). The send is paced (`rate_per_s`) with a bounded window of unacknowledged
-messages and reports progress; a refusal by the broker (PUBACK failure code, e.g. an ACL) is counted.
+messages and reports progress; a refusal by the broker (PUBACK failure code, e.g. an ACL) is counted
+(the MQTT client is cloud.runtime's publisher: TLS, credentials, PUBACK reason codes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,6 @@ from pathlib import Path
 import msgspec
 
 from cloud.protocols import store
-from contract.mqtturl import parse_mqtt_url
 from contract.protocol import ProtocolRejected, TreatmentProtocol, Violation, check
 from contract.signing import SigningKey
 from contract.topics import Downlink, downlink
@@ -133,6 +131,7 @@ async def publish(
     rate_per_s: float = DEFAULT_RATE_PER_S,
     inflight: int = DEFAULT_INFLIGHT,
     on_progress: Progress | None = None,
+    ca_file: str | None = None,
 ) -> PublishResult:
     t0 = time.monotonic()
     check_all(protocol, targets.models or protocol.models)
@@ -157,6 +156,7 @@ async def publish(
         rate_per_s=rate_per_s,
         inflight=inflight,
         on_progress=on_progress,
+        ca_file=ca_file,
     )
     return PublishResult(
         protocol.protocol_id, protocol.version, new, len(found), sent, refused, time.monotonic() - t0
@@ -171,85 +171,46 @@ def publish_retained(
     inflight: int = DEFAULT_INFLIGHT,
     ack_timeout_s: float = ACK_TIMEOUT_S,
     on_progress: Progress | None = None,
+    ca_file: str | None = None,
 ) -> tuple[int, int]:
-    """Send each (topic, payload) retained at QoS 1, paced and windowed. Returns (acknowledged, refused)."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-    from paho.mqtt.reasoncodes import ReasonCode
+    """Send each (topic, payload) retained at QoS 1, paced and windowed (`inflight` at a time) through the
+    cloud runtime's publisher. Returns (taken by the broker, refused by it: PUBACK >= 0x80). A retained
+    message answered 0x10 (no subscriber yet) is stored by the broker: taken."""
+    from cloud.runtime.publisher import Outgoing, Publisher
 
     if rate_per_s <= 0 or inflight <= 0:
         raise ValueError("rate_per_s and inflight must be > 0")
-    addr = parse_mqtt_url(mqtt_url)
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"mf-protocols-{uuid.uuid4().hex[:8]}",
-        protocol=mqtt.MQTTv5,
+    publisher = Publisher(
+        mqtt_url, f"mf-protocols-{uuid.uuid4().hex[:8]}", ca_file=ca_file, inflight=inflight
     )
-    client.max_inflight_messages_set(inflight)
-    if addr.username:
-        client.username_pw_set(addr.username, addr.password)
-    if addr.tls:
-        client.tls_set()
-    connected = threading.Event()
-    failures: list[str] = []
-    refused: set[int] = set()
-
-    def on_connect(c: object, u: object, flags: object, rc: ReasonCode, p: object) -> None:
-        if rc.is_failure:
-            failures.append(str(rc))
-        connected.set()
-
-    def on_publish(c: object, u: object, mid: int, rc: ReasonCode, p: object) -> None:
-        if rc.is_failure:
-            refused.add(mid)
-
-    client.on_connect = on_connect
-    client.on_publish = on_publish
+    where = publisher.mqtt.redacted
+    publisher.start()
     try:
-        client.connect(addr.host, addr.port, keepalive=30)
-    except OSError as exc:
-        raise PublishError(f"broker {addr.host}:{addr.port} unreachable: {exc}") from None
-    client.loop_start()
-    try:
-        if not connected.wait(10) or failures:
-            raise PublishError(
-                f"broker {addr.host}:{addr.port} refused the connection: {failures or 'timeout'}"
-            )
-        window: deque[mqtt.MQTTMessageInfo] = deque()
-        acked = 0
+        if not publisher.wait_connected(10):
+            why = publisher.mqtt.refusal or "timeout"
+            raise PublishError(f"broker {where} refused or did not answer the connection: {why}")
+        taken = refused = 0
         step = max(1, len(messages) // 20)
-
-        def settle(info: mqtt.MQTTMessageInfo) -> None:
-            nonlocal acked
-            try:
-                info.wait_for_publish(ack_timeout_s)
-            except (RuntimeError, ValueError) as exc:
-                raise PublishError(
-                    f"broker connection lost after {acked} messages ({exc}): publish again"
-                ) from None
-            if not info.is_published():
-                raise PublishError(
-                    f"no acknowledgement from the broker within {ack_timeout_s}s after {acked} messages: "
-                    "run the same publish again to complete it"
-                )
-            acked += 1
-            if on_progress is not None and (acked % step == 0 or acked == len(messages)):
-                on_progress(acked, len(messages))
-
         start = time.monotonic()
-        for i, (topic, payload) in enumerate(messages):
+        for i in range(0, len(messages), inflight):
             delay = start + i / rate_per_s - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            info = client.publish(topic, payload, qos=1, retain=True)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                raise PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
-            window.append(info)
-            while len(window) >= inflight:
-                settle(window.popleft())
-        while window:
-            settle(window.popleft())
-        return acked - len(refused), len(refused)
+            chunk = messages[i : i + inflight]
+            outcomes = publisher.publish_many([Outgoing(t, p, True) for t, p in chunk], ack_timeout_s)
+            lost = [o for o in outcomes if o.reason is None]
+            if lost:
+                raise PublishError(
+                    f"no acknowledgement from the broker ({lost[0]}) after {taken + refused} messages: "
+                    "run the same publish again to complete it"
+                )
+            n_refused = sum(1 for o in outcomes if not o.accepted)
+            before = taken + refused
+            taken += len(outcomes) - n_refused
+            refused += n_refused
+            done = taken + refused
+            if on_progress is not None and (done // step > before // step or done == len(messages)):
+                on_progress(done, len(messages))
+        return taken, refused
     finally:
-        client.disconnect()
-        client.loop_stop()
+        publisher.stop()
