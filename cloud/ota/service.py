@@ -9,6 +9,11 @@
   error gate, complete; for a cancelling rollout, publish a cancel (retained, same job id) to every device
   whose job was sent, and mark the rollout cancelled once no job is unfinished.
 
+MQTT goes through cloud.runtime's threaded Publisher (TLS, credentials, reconnect with backoff), called
+with asyncio.to_thread: a job counts as sent only once the broker took it (PUBACK < 0x80; 0x10 is fine
+for a retained job); one refused, unacknowledged or not sent for want of a connection stays pending and
+is sent at a later tick.
+
     async with OtaService(config) as service:   # or: await service.run() until cancelled
         ...
 """
@@ -23,19 +28,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiomqtt
 from psycopg import AsyncConnection
 
 from cloud.ota import store
 from cloud.ota.artifacts import release_by_id
 from cloud.ota.rollout import Advance, Complete, Dispatch, GateMet, Pause, decide
+from cloud.runtime.publisher import Outgoing, Publisher
 from contract import topics
 from contract.codec import encode
-from contract.mqtturl import parse_mqtt_url
 from contract.ota import OtaAction, OtaJob
 
 log = logging.getLogger(__name__)
 PUBLISH_WINDOW = 100
+PUBACK_TIMEOUT_S = 10.0
 
 
 def utc_now() -> datetime:
@@ -49,40 +54,37 @@ class OtaServiceConfig:
     artifact_base_url: str  # e.g. http://fw.example.com/artifacts (the file name is appended)
     group: str = "ota"
     tick_s: float = 1.0
+    mqtt_ca_file: str | None = None
 
 
 class OtaService:
     def __init__(self, config: OtaServiceConfig, *, clock: Callable[[], datetime] = utc_now) -> None:
         self.config = config
         self.clock = clock
-        self._client: aiomqtt.Client | None = None
-        self.subscribed = asyncio.Event()
+        self._publisher: Publisher | None = None
+        self.subscribed = asyncio.Event()  # connected to the broker: jobs can be published
 
     # -- MQTT ----------------------------------------------------------------------------------------
-    def _new_client(self) -> aiomqtt.Client:
-        addr = parse_mqtt_url(self.config.mqtt_url)
-        return aiomqtt.Client(
-            addr.host,
-            addr.port,
-            username=addr.username,
-            password=addr.password,
-            identifier=f"ota-{uuid.uuid4().hex[:8]}",
-            protocol=aiomqtt.ProtocolVersion.V5,
-            max_inflight_messages=PUBLISH_WINDOW,
-        )
-
     async def run(self) -> None:
         """Serve until cancelled. The connection to the broker and the database are the service's own."""
-        client = self._new_client()
-        client.pending_calls_threshold = PUBLISH_WINDOW + 10  # our window bounds it; no warning spam
-        async with client:
-            self._client = client
-            self.subscribed.set()  # connected: jobs can be published
-            try:
-                await self._ticker()
-            finally:
-                self._client = None
-                self.subscribed.clear()
+        publisher = Publisher(
+            self.config.mqtt_url,
+            f"ota-{uuid.uuid4().hex[:8]}",
+            ca_file=self.config.mqtt_ca_file,
+            inflight=PUBLISH_WINDOW,
+        )
+        publisher.start()
+        self._publisher = publisher
+        try:
+            while not await asyncio.to_thread(publisher.wait_connected, 1.0):
+                pass
+            self.subscribed.set()
+            log.info("OTA service connected to %s", publisher.mqtt.redacted)
+            await self._ticker()
+        finally:
+            self._publisher = None
+            self.subscribed.clear()
+            await asyncio.to_thread(publisher.stop)
 
     async def _ticker(self) -> None:
         async with await AsyncConnection.connect(self.config.database_url, autocommit=True) as conn:
@@ -143,7 +145,7 @@ class OtaService:
         jobs = [(str(a), str(b)) for a, b in await cur.fetchall()]
         url = f"{self.config.artifact_base_url.rstrip('/')}/{release.manifest.artifact}"
         deadline = store.job_deadline(r.plan, now)
-        await self._publish_all(
+        taken = await self._publish_all(
             [
                 (
                     device_id,
@@ -163,7 +165,7 @@ class OtaService:
         await conn.execute(
             "UPDATE ota_device_jobs SET state = 'sent', sent_at = %s, updated_at = now() "
             "WHERE job_id = ANY(%s) AND state = 'pending'",
-            (now, [j for j, _ in jobs]),
+            (now, [j for (j, _), ok in zip(jobs, taken, strict=True) if ok]),
         )
 
     async def _cancel_sent(self, conn: AsyncConnection[Any], rollout_id: int) -> None:
@@ -174,16 +176,16 @@ class OtaService:
             (rollout_id,),
         )
         jobs = [(str(a), str(b)) for a, b in await cur.fetchall()]
-        await self._publish_all(
+        taken = await self._publish_all(
             [
                 (d, OtaJob(device_id=d, ts=now, job_id=j, rollout_id=rollout_id, action=OtaAction.CANCEL))
                 for j, d in jobs
             ]
         )
-        if jobs:
+        if any(taken):
             await conn.execute(
                 "UPDATE ota_device_jobs SET cancel_sent_at = %s WHERE job_id = ANY(%s)",
-                (now, [j for j, _ in jobs]),
+                (now, [j for (j, _), ok in zip(jobs, taken, strict=True) if ok]),
             )
         cur = await conn.execute(
             "SELECT count(*) FROM ota_device_jobs WHERE rollout_id = %s "
@@ -194,17 +196,25 @@ class OtaService:
         if row is not None and int(row[0]) == 0:
             await self._update(conn, rollout_id, "status = 'cancelled'", None)
 
-    async def _publish_all(self, jobs: list[tuple[str, OtaJob]]) -> None:
-        client = self._client
-        if client is None:
-            raise RuntimeError("the OTA service is not connected to the broker")
-        window = asyncio.Semaphore(PUBLISH_WINDOW)
-
-        async def one(device_id: str, job: OtaJob) -> None:
-            async with window:
-                topic = topics.downlink(device_id, topics.Downlink.OTA)
-                await client.publish(topic, encode(job), qos=1, retain=True)
-
-        async with asyncio.TaskGroup() as tg:
-            for device_id, job in jobs:
-                tg.create_task(one(device_id, job))
+    async def _publish_all(self, jobs: list[tuple[str, OtaJob]]) -> list[bool]:
+        """Publish each job retained at QoS 1; True for each one the broker took."""
+        publisher = self._publisher
+        if publisher is None:
+            raise RuntimeError("the OTA service is not running")
+        if not jobs:
+            return []
+        messages = [
+            Outgoing(topics.downlink(device_id, topics.Downlink.OTA), encode(job), True)
+            for device_id, job in jobs
+        ]
+        outcomes = await asyncio.to_thread(publisher.publish_many, messages, PUBACK_TIMEOUT_S)
+        taken = [o.accepted for o in outcomes]
+        if not all(taken):
+            first = next(o for o in outcomes if not o.accepted)
+            log.warning(
+                "%d of %d OTA jobs not taken by the broker (%s); sent again later",
+                taken.count(False),
+                len(jobs),
+                first,
+            )
+        return taken
