@@ -91,7 +91,8 @@ def _view(fleet: Any, db: DbCounts, ingest_line: str, started: float, days: floa
     )
     t.add_row("messages stored on device / in DB", f"{s.stored}", f"{db.messages}")
     t.add_row("samples in DB", "", f"{db.samples}")
-    t.add_row("outbox depth (not yet acknowledged)", f"{s.outbox_depth}", "")
+    t.add_row("messages sent / committed by the cloud", f"{s.sent} / {s.committed}", "")
+    t.add_row("outbox depth (not yet committed)", f"{s.outbox_depth}", "")
     t.add_row("quarantined / alerts", "", f"{db.quarantined} / {db.alerts}")
     done = s.sim_time_s / 86400
     footer = f"real {elapsed:5.1f} s   simulated day {done:4.1f} of {days:g}   ingest: {ingest_line}"
@@ -116,7 +117,7 @@ async def _drive(fleet: Any, conn: Any, prefix: str, ingest: Any, days: float) -
                 live.update(_view(fleet, db, ingest.stats.line(), started, days))
                 await asyncio.wait({run}, timeout=POLL_S)
             await run
-            # everything the devices stored has been acknowledged by the broker: wait until it is committed
+            # every outbox is empty: the cloud's commit marks covered everything; wait until the counts show it
             expected = fleet.stats().stored
             deadline = time.monotonic() + 60
             while db.messages < expected and time.monotonic() < deadline:

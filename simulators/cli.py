@@ -34,7 +34,17 @@ def raise_fd_limit() -> tuple[int, int]:
 
 def _table(s: FleetStats, title: str) -> Table:
     t = Table(title=f"{title} (simulated {s.sim_time_s / 86_400:.2f} days)")
-    for col in ("devices", "connected", "sessions", "samples", "stored", "published", "outbox", "dropped"):
+    for col in (
+        "devices",
+        "connected",
+        "sessions",
+        "samples",
+        "stored",
+        "sent",
+        "committed",
+        "outbox",
+        "dropped",
+    ):
         t.add_column(col, justify="right")
     t.add_row(
         f"{s.started}/{s.devices}",
@@ -42,7 +52,8 @@ def _table(s: FleetStats, title: str) -> Table:
         f"{s.sessions_ended}/{s.sessions_started}",
         str(s.samples),
         str(s.stored),
-        str(s.published),
+        str(s.sent),
+        str(s.committed),
         str(s.outbox_depth),
         str(s.outbox_dropped),
     )
@@ -72,6 +83,13 @@ def sim(
     replicas: Annotated[int, typer.Option(envvar="MICROFLEET_SIM_REPLICAS")] = 1,
     replica: Annotated[int | None, typer.Option(help="1..replicas (default: from the host name).")] = None,
     ramp: Annotated[float, typer.Option(help="Agents started per second (0: all at once).")] = 500.0,
+    ack: Annotated[
+        str,
+        typer.Option(
+            envvar="MICROFLEET_EDGE_ACK",
+            help="committed: outboxes empty on the cloud's commit marks (needs ingest); broker: on PUBACK.",
+        ),
+    ] = "committed",
 ) -> None:
     """Run the scenario's devices (this replica's slice) and print what they did."""
     try:
@@ -90,12 +108,15 @@ def sim(
     soft, _ = raise_fd_limit()
     if soft < len(part) + 100:
         console.print(f"[yellow]open-files limit {soft} is below {len(part)} devices: raise `ulimit -n`[/]")
-    config = FleetConfig(sc, mqtt_url, data_dir, device_range=part)
+    if ack not in ("committed", "broker"):
+        raise typer.BadParameter(f"--ack must be committed or broker, got {ack!r}")
+    config = FleetConfig(sc, mqtt_url, data_dir, device_range=part, extra={"ack_mode": ack})
     final = asyncio.run(_run(config, ramp))
     if final.outbox_depth:
         console.print(
             f"[yellow]{final.outbox_depth} messages still in outboxes under {data_dir}: is the broker "
-            f"at {mqtt_url} reachable? They are sent on the next run.[/yellow]"
+            f"at {mqtt_url} reachable, and (--ack committed) is ingest running to commit them? They are "
+            "sent again on the next run.[/yellow]"
         )
         raise typer.Exit(1)
 

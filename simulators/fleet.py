@@ -6,6 +6,10 @@
         await fleet.live()                      # the scenario's days of use, in virtual time
         await fleet.drained()                   # every outbox empty (wrap in a timeout)
 
+Agents run with EdgeConfig's ack mode, "committed" unless `extra` says otherwise: a message leaves a
+device's outbox when the cloud's CommitMark covers it, so `drained()` needs microfleet's cloud (ingest)
+behind the broker. Against a bare broker pass `extra={"ack_mode": "broker"}` (delete on PUBACK).
+
 Footprint (docs/performance.md): with `shared_outbox=True` (the default here) every agent's outbox lives
 in ONE SQLite file (edge.outbox.OutboxFile): about 40 KiB and one socket per agent, no thread per agent.
 A replica of a scaled-out simulator runs `device_range` (its slice, simulators.slicing).
@@ -64,7 +68,9 @@ class FleetStats:
     sessions_ended: int
     samples: int
     stored: int
-    published: int
+    sent: int  # outbox rows the broker took (PUBACK 0x00; re-sends count again)
+    committed: int  # outbox rows removed by the cloud's commit marks (0 with ack_mode "broker")
+    not_taken: int  # PUBACK 0x10 or >= 0x80: kept and sent again
     outbox_depth: int
     outbox_dropped: int
     sim_time_s: float
@@ -184,7 +190,9 @@ class Fleet:
             sessions_ended=self.counters.sessions_ended,
             samples=self.counters.samples,
             stored=sum(s.stored for s in per),
-            published=sum(s.published for s in per),
+            sent=sum(s.sent for s in per),
+            committed=sum(s.committed for s in per),
+            not_taken=sum(s.not_taken for s in per),
             outbox_depth=sum(s.outbox_depth for s in per),
             outbox_dropped=sum(s.outbox_dropped for s in per),
             sim_time_s=self.clock.monotonic(),

@@ -1,11 +1,12 @@
-"""Helpers for edge tests: a fast agent config and a plain MQTT subscriber that records what arrives."""
+"""Helpers for edge tests: a fast agent config, a plain MQTT subscriber that records what arrives, and
+`marks`: a CommitPeer (tests/edge/marker.py) that plays the cloud's commit marks on the test broker."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,8 @@ from contract.codec import decode_uplink
 from contract.messages import Status, UplinkMessage
 from contract.mqtturl import parse_mqtt_url
 from edge.config import EdgeConfig
+from tests.edge.marker import CommitPeer
+from tests.support.services import Mosquitto
 
 
 def fast_config(tmp_path: Path, url: str, device_id: str | None = None, **kw: object) -> EdgeConfig:
@@ -34,6 +37,9 @@ def fast_config(tmp_path: Path, url: str, device_id: str | None = None, **kw: ob
         "reconnect_min_s": 0.05,
         "reconnect_max_s": 0.5,
         "session_expiry_s": 0,
+        # the end-to-end acknowledgement (ack_mode "committed", the default): re-send after 2 s uncovered
+        "commit_timeout_s": 2.0,
+        "commit_timeout_max_s": 10.0,
     }
     values.update(kw)
     return EdgeConfig(**values)  # type: ignore[arg-type]
@@ -48,6 +54,7 @@ class Collector:
     received: list[tuple[str, bytes, UplinkMessage]] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     subscribed: asyncio.Event = field(default_factory=asyncio.Event)
+    syncs: int = 0
 
     async def run(self) -> None:
         addr = parse_mqtt_url(self.url)
@@ -69,6 +76,9 @@ class Collector:
                     async for m in client.messages:
                         payload = bytes(m.payload)  # type: ignore[arg-type]
                         topic = str(m.topic)
+                        if topic.endswith("/up/sync"):  # SyncRequests are not telemetry
+                            self.syncs += 1
+                            continue
                         msg = decode_uplink(topic, payload, datetime.now(UTC) + timedelta(seconds=5))
                         self.received.append((topic, payload, msg))
                         self.changed.set()
@@ -102,6 +112,7 @@ class ThreadCollector:
 
         addr = parse_mqtt_url(url)
         self.raw: list[tuple[str, bytes]] = []
+        self.syncs = 0
         self._loop = asyncio.get_running_loop()
         self.changed = asyncio.Event()
         self._subscribed = threading.Event()
@@ -117,6 +128,9 @@ class ThreadCollector:
             raise TimeoutError("collector could not subscribe")
 
     def _on_message(self, client: object, userdata: object, m: Any) -> None:
+        if m.topic.endswith("/up/sync"):  # SyncRequests are not telemetry: counted apart
+            self.syncs += 1
+            return
         self.raw.append((m.topic, bytes(m.payload)))
         self._loop.call_soon_threadsafe(self.changed.set)
 
@@ -158,3 +172,10 @@ def collect() -> Callable[[str, str], contextlib.AbstractAsyncContextManager[Col
                 await task
 
     return _collect
+
+
+@pytest.fixture
+def marks(broker: Mosquitto) -> Iterator[CommitPeer]:
+    """The cloud's part of the end-to-end acknowledgement, played by a test peer on the test broker."""
+    with CommitPeer(broker.url) as peer:
+        yield peer
