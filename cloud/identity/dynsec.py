@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from types import TracebackType
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud.identity.policy import Command
-from contract.mqtturl import parse_mqtt_url
+from cloud.runtime.mqtt import MqttClient
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
@@ -33,12 +33,18 @@ class DynsecError(RuntimeError):
 class DynsecClient:
     """Sends batches of commands and waits for the broker's answers (`with DynsecClient(url, ...) as c`)."""
 
-    def __init__(self, mqtt_url: str, username: str, password: str, timeout_s: float = 10.0) -> None:
-        self._address = parse_mqtt_url(mqtt_url)
+    def __init__(
+        self,
+        mqtt_url: str,
+        username: str,
+        password: str,
+        timeout_s: float = 10.0,
+        *,
+        ca_file: str | None = None,
+    ) -> None:
         self._timeout = timeout_s
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"mf-admin-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
-        )
+        self._mqtt = MqttClient(mqtt_url, f"mf-admin-{uuid.uuid4().hex[:8]}", ca_file=ca_file)
+        self._client = self._mqtt.client
         self._client.username_pw_set(username, password)
         self._lock = threading.Lock()
         self._answers: list[dict[str, Any]] | None = None
@@ -46,16 +52,22 @@ class DynsecClient:
         self._subscribed = threading.Event()
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda *_args: self._subscribed.set()
+        # on every connect: a reconnect gets a new session, so the responses are subscribed again
+        self._mqtt.on_up.append(self._subscribe)
+
+    def _subscribe(self, _session_present: bool) -> None:
+        self._client.subscribe(RESPONSE_TOPIC, qos=1)
 
     def __enter__(self) -> DynsecClient:
-        if self._address.tls:
-            self._client.tls_set()
-        result = self._client.connect(self._address.host, self._address.port, keepalive=30)
-        if result != mqtt.MQTT_ERR_SUCCESS:
-            raise ConnectionError(f"cannot reach the broker at {self._address.host}:{self._address.port}")
-        self._client.loop_start()
-        self._client.subscribe(RESPONSE_TOPIC, qos=1)
-        if not self._subscribed.wait(self._timeout):
+        self._mqtt.start()
+        deadline = time.monotonic() + self._timeout
+        while not self._mqtt.wait_connected(0.05):
+            if self._mqtt.refusal or time.monotonic() >= deadline:
+                self._mqtt.stop()
+                why = self._mqtt.refusal or "no answer"
+                raise ConnectionError(f"cannot connect to the broker at {self._mqtt.redacted}: {why}")
+        if not self._subscribed.wait(max(0.0, deadline - time.monotonic())):
+            self._mqtt.stop()
             raise TimeoutError(
                 "the broker did not answer the subscription to the dynamic-security responses; "
                 "is the dynamic-security plugin enabled and are the admin credentials right?"
@@ -63,8 +75,7 @@ class DynsecClient:
         return self
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._mqtt.stop()
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
         payload = json.loads(message.payload)
