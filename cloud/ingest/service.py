@@ -12,7 +12,6 @@ scale-in strands nothing in a stopped member's session). A crash (SIGKILL) keeps
 
 from __future__ import annotations
 
-import importlib
 import logging
 import signal
 import threading
@@ -25,6 +24,7 @@ from typing import Any
 import psycopg
 
 from cloud.config import CloudConfig
+from cloud.ingest import marks
 from cloud.ingest.batcher import DEFAULT_LATE_HORIZON, Batch, Batcher
 from cloud.ingest.consumer import AckToken, Consumer
 from cloud.ingest.handoff import Handoff, utc_now
@@ -119,17 +119,9 @@ class MarkSender:
     ) -> None:
         self.db, self.publisher, self.stats = db, publisher, stats
         self.delay_s, self.every = delay_s, every
-        self._missing_logged = False
 
     def round(self, limit: int = MARK_LIMIT) -> int:
         """One claim-publish round; returns how many marks were claimed."""
-        try:  # helper module of the marks table (cloud/ingest/marks.py)
-            marks = importlib.import_module("cloud.ingest.marks")
-        except ImportError:  # the marks table's module is not there yet: nothing to send
-            if not self._missing_logged:
-                log.warning("cloud.ingest.marks is not available: no commit marks are sent")
-                self._missing_logged = True
-            return 0
         if not self.publisher.connected.is_set():
             return 0
         with self.db.connection() as conn:

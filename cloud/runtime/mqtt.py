@@ -55,7 +55,7 @@ class Backoff:
     attempt: int = 0
 
     def next(self) -> float:
-        ceiling = min(self.cap_s, self.base_s * 2 ** min(self.attempt, 30))
+        ceiling = min(self.cap_s, self.base_s * 2.0 ** min(self.attempt, 30))
         self.attempt += 1
         jitter: float = self.rng()
         return ceiling / 2 + jitter * ceiling / 2
@@ -107,6 +107,7 @@ class MqttClient:
         self.connected = threading.Event()
         self.connects = 0
         self.refusal = ""  # the broker's last CONNACK refusal, or why the connection failed
+        self.session_present = False  # as the broker said in the last CONNACK
         self.on_up: list[Callable[[bool], None]] = []
         self.on_down: list[Callable[[], None]] = []
         self._keepalive_s = keepalive_s
@@ -178,7 +179,7 @@ class MqttClient:
         self.state = State.CONNECTED
         self.connects += 1
         self.refusal = ""
-        session_present = bool(flags.session_present)
+        session_present = self.session_present = bool(flags.session_present)
         log.info("%s connected to %s (session present: %s)", self.client_id, self.redacted, session_present)
         for up in list(self.on_up):
             up(session_present)
