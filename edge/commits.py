@@ -6,7 +6,8 @@ The link reports every row it handed to the broker (taken by a PUBACK, or not ta
     the current timeout. The link then sends a SyncRequest and rewinds its drain (everything above the
     mark goes out again), and the timeout doubles, up to `timeout_max_s`, until a mark advances, which
     resets it to `timeout_s`;
-  - may a SyncRequest be sent now (the outbox is filling up and sent rows wait)? At most once per timeout.
+  - may a SyncRequest be sent now because the outbox is filling up with sent rows waiting? At most once
+    per timeout (`synced` records one; the SyncRequests of a connect or a re-send do not count).
 
 Times are the event loop's (real time), never the agent's domain clock: simulators compress domain time
 1000-fold while the cloud's mark delay is real. Marks are cumulative, so covering is a prefix: rows are
@@ -72,17 +73,17 @@ class CommitTimer:
         """The link sent a SyncRequest and rewound its drain: start a new pass with a doubled timeout."""
         self._sent.clear()
         self.timeout = min(self.timeout * 2, self.timeout_max_s)
-        self._last_sync = now
 
     def reset(self) -> None:
         """A new connection: the whole outbox goes out again; the timeout keeps its value."""
         self._sent.clear()
 
     def synced(self, now: float) -> None:
+        """A SyncRequest for a filling outbox goes out now."""
         self._last_sync = now
 
     def may_sync(self, now: float) -> bool:
-        """At most one SyncRequest per current timeout (for the ones not tied to a connect or a re-send)."""
+        """At most one SyncRequest for a filling outbox per current timeout."""
         return self._last_sync is None or now - self._last_sync >= self.timeout
 
     def filling(self, depth: int, size: int, max_rows: int, max_bytes: int, ratio: float, now: float) -> bool:

@@ -389,7 +389,6 @@ class Link:
             device_id=self._cfg.device_id, ts=self._clock.now(), floor=ob.floor(), next_seq=ob.next_seq
         )
         self._sync_wanted = False
-        self._timer.synced(asyncio.get_running_loop().time())
         code = await client.publish_code(self._sync_topic, encode(request))
         self.stats.syncs += 1
         if code is not None:

@@ -37,6 +37,7 @@ _seq_of = msgspec.json.Decoder(_Seq)
 class CommitPeer:
     def __init__(self, url: str, *, topic_filter: str = "mf/v1/+/up/#", delay_s: float = 0.05) -> None:
         addr = parse_mqtt_url(url)
+        self.url = url
         self.delay_s = delay_s
         self._lock = threading.Lock()
         self._held = False
