@@ -51,7 +51,7 @@ def test_hypertables_policies_and_caggs(timescale_dsn: str) -> None:
         compression = {h: c for p, h, c in jobs if p == "policy_compression"}
         retention = {h: c["drop_after"] for p, h, c in jobs if p == "policy_retention"}
         assert compression.keys() == SERIES and all(
-            c["compress_after"] == "14 days" for c in compression.values()
+            c["compress_after"] == "17 days" for c in compression.values()
         )
         assert {h: retention[h] for h in SERIES} == {
             "samples": "90 days",

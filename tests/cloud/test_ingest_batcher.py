@@ -166,3 +166,40 @@ def test_latest_status_wins_and_will_wins_a_tie() -> None:
         (dev,) = b.take().devices
         assert dev[rows.DEVICE_COLUMNS.index("state")] == "offline"
         assert dev[rows.DEVICE_COLUMNS.index("last_seq")] == 5
+
+
+def test_syncs_and_receipts_of_stored_and_quarantined_messages() -> None:
+    from contract.messages import SyncRequest
+
+    b: Batcher[int] = Batcher(consumer="c")
+    ok = DeviceEvent(device_id="d", seq=4, ts=START, event=EventType.BOOST, at=START)
+    sync = SyncRequest(device_id="d", ts=START, floor=2, next_seq=9)
+    assert b.add(*to_wire(ok), 0, now=NOW, mono=0.0) is None
+    assert b.add(topics.uplink("d", Uplink.SYNC), encode(sync), 1, now=NOW, mono=0.0) is None
+    bad = b'{"kind":"event","seq":7,"unknown":1}'
+    assert b.add(topics.uplink("d", Uplink.EVENT), bad, 2, now=NOW, mono=0.0) is Reason.SCHEMA
+    assert b.add(topics.uplink("d", Uplink.SYNC), b'{"seq":8}', 3, now=NOW, mono=0.0) is Reason.SCHEMA
+    assert b.add("mf/v1/bad id/up/event", b'{"seq":9}', 4, now=NOW, mono=0.0) is Reason.BAD_TOPIC
+    batch = b.take()
+    assert batch.syncs == [("d", 2, 9)] and batch.acks == [0, 1, 2, 3, 4]
+    assert batch.receipts == [("d", 4), ("d", 7)]  # no seq for a sync, no device for a bad topic
+
+
+@given(st.text(max_size=3000))
+def test_quarantine_texts_are_always_storable(text: str) -> None:
+    cleaned = rows.clean_text(text, rows.MAX_DETAIL_CHARS)
+    assert "\x00" not in cleaned and len(cleaned) <= rows.MAX_DETAIL_CHARS
+    cleaned.encode("utf-8")  # no lone surrogate
+    assert rows.ascii_text(text, 100).isascii()
+
+
+def test_the_late_horizon_covers_the_outbox_on_both_paths() -> None:
+    from cloud.ingest.batcher import MIN_LATE_HORIZON, OUTBOX_OFFLINE_CAPACITY, late_horizon_for
+
+    day = timedelta(days=1)
+    assert MIN_LATE_HORIZON > OUTBOX_OFFLINE_CAPACITY
+    assert late_horizon_for("timescale", 17 * day, 30 * day) == 16 * day
+    assert late_horizon_for("timescale", 7 * day, 30 * day) == MIN_LATE_HORIZON  # never shorter
+    assert late_horizon_for("plain", 17 * day, 30 * day) == 30 * day  # nothing compressed: the retention
+    assert late_horizon_for("plain", None, None) > 3650 * day
+    assert late_horizon_for(None, None, None) == MIN_LATE_HORIZON
