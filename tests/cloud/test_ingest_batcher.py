@@ -83,7 +83,7 @@ def test_any_interleaving_with_duplicates_gives_each_natural_key_once(data: st.D
             sessions[r[:3]] = r if r[:3] not in sessions else rows.merge_session(sessions[r[:3]], r)
         for r in batch.devices:
             old = devices.get(r[0])
-            devices[r[0]] = r if old is None else (r[0], max(old[1], r[1]), max(old[2], r[2]))  # type: ignore[operator]
+            devices[r[0]] = r if old is None else (r[0], max(old[1], r[1]), max(old[2], r[2]))
         acks += batch.acks
     assert stored == expected_keys(messages)
     assert sorted(acks) == list(range(len(stream))), "every delivery is acknowledged exactly once"
@@ -105,12 +105,12 @@ def test_each_bad_input_is_quarantined_with_its_reason() -> None:
     status = msgspec.json.decode(good)
     cases = {
         Reason.NOT_JSON: (good_topic, b"\xff not json"),
-        Reason.SCHEMA: (good_topic, encode({**status, "seq": "x"})),
-        Reason.UNKNOWN_VERSION: (good_topic, encode({**status, "schema_version": 99, "new": 1})),
+        Reason.SCHEMA: (good_topic, msgspec.json.encode({**status, "seq": "x"})),
+        Reason.UNKNOWN_VERSION: (good_topic, msgspec.json.encode({**status, "schema_version": 99, "new": 1})),
         Reason.DEVICE_MISMATCH: (topics.uplink("dev-z", Uplink.STATUS), good),
         Reason.TOPIC_MISMATCH: (topics.uplink("dev-a", Uplink.EVENT), good),
         Reason.OVERSIZED: (good_topic, b" " * 5000 + good),
-        Reason.OUT_OF_RANGE: (good_topic, encode({**status, "battery_pct": 250.0})),
+        Reason.OUT_OF_RANGE: (good_topic, msgspec.json.encode({**status, "battery_pct": 250.0})),
         Reason.BAD_TOPIC: ("mf/v1/dev-a/up/nonsense", good),
         Reason.TOO_LATE: to_wire(
             Status(device_id="dev-a", seq=1, ts=NOW - timedelta(days=20), state=DeviceState.ONLINE)

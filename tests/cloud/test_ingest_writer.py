@@ -3,7 +3,7 @@ writes, session merge in either order, device status ordering, rows the database
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,7 +38,7 @@ def dsn(migrated: str) -> str:
     return migrated
 
 
-def batch_of(messages: list[UplinkMessage] | list[tuple[str, bytes]]) -> Batch[int]:
+def batch_of(messages: Sequence[UplinkMessage | tuple[str, bytes]]) -> Batch[int]:
     b: Batcher[int] = Batcher(consumer="w1", max_messages=10**6)
     for i, m in enumerate(messages):
         topic, payload = m if isinstance(m, tuple) else to_wire(m)
@@ -230,6 +230,6 @@ def test_errors_are_transient_only_when_the_database_cannot_take_any_batch() -> 
     assert is_transient(psycopg.OperationalError("connection lost")) and is_transient(OSError())
     for cls in (e.DeadlockDetected, e.SerializationFailure, e.AdminShutdown, e.ReadOnlySqlTransaction):
         assert cls.sqlstate is not None and is_transient(cls("x"))
-    for cls in (e.CheckViolation, e.UntranslatableCharacter, e.InternalError_, e.SyntaxError):
-        assert not is_transient(cls("x"))
+    for data in (e.CheckViolation, e.UntranslatableCharacter, e.InternalError_, e.SyntaxError):
+        assert not is_transient(data("x"))
     assert not is_transient(psycopg.DataError("NUL in a text")) and not is_transient(ValueError())
