@@ -189,7 +189,7 @@ def test_bad_input_is_quarantined_with_its_reason_while_valid_traffic_flows(
     topic, good = to_wire(Status(device_id="odd-1", seq=1, ts=datetime.now(UTC), state=DeviceState.ONLINE))
     body = msgspec.json.decode(good)
     old = Status(
-        device_id="odd-1", seq=2, ts=datetime.now(UTC) - timedelta(days=20), state=DeviceState.ONLINE
+        device_id="odd-1", seq=2, ts=datetime.now(UTC) - timedelta(days=40), state=DeviceState.ONLINE
     )
     bad = {
         "not_json": (topic, b"{definitely not json"),
