@@ -172,7 +172,10 @@ class Device:
 
 
 def reports(c: Collector) -> list[OtaReport]:
-    return [m for m in c.messages() if isinstance(m, OtaReport)]
+    """Each report once, in seq order: a message no commit mark covered is sent again (same seq, same
+    bytes) after a restart, and the cloud keeps one copy (natural keys)."""
+    once = {m.seq: m for m in c.messages() if isinstance(m, OtaReport)}
+    return [once[seq] for seq in sorted(once)]
 
 
 def states(c: Collector, job_id: str) -> list[OtaState]:

@@ -25,6 +25,7 @@ from edge.notices import SessionRefused
 from edge.safety import HeldLimit
 from edge.sensor import Reading
 from tests.edge.conftest import Collector, fast_config
+from tests.edge.marker import CommitPeer
 from tests.support.services import Mosquitto
 
 Collect = Callable[[str, str], AbstractAsyncContextManager[Collector]]
@@ -66,7 +67,7 @@ def version(v: int, **changes: object) -> TreatmentProtocol:
 
 
 async def test_applies_a_signed_protocol_and_refuses_forgeries_keeping_the_last_good_one(
-    tmp_path: Path, broker: Mosquitto, collect: Collect
+    tmp_path: Path, broker: Mosquitto, collect: Collect, marks: CommitPeer
 ) -> None:
     key, stranger = SigningKey.generate(), SigningKey.generate()
     cfg = config(tmp_path, broker, key)
@@ -146,7 +147,7 @@ def reading(t: datetime, zone: Zone, current: float = 300.0) -> Reading:
 
 
 async def test_the_agent_enforces_caps_session_length_and_daily_limits(
-    tmp_path: Path, broker: Mosquitto, collect: Collect
+    tmp_path: Path, broker: Mosquitto, collect: Collect, marks: CommitPeer
 ) -> None:
     key = SigningKey.generate()
     cfg = config(tmp_path, broker, key, tz_offset_min=60)
