@@ -298,8 +298,6 @@ class Link:
             self.connected.set()
             self._timer.reset()  # this connection sends the whole outbox again, from the start
             self._quiet_not_taken = False
-            if self._committed_mode:
-                await self._sync(client)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._receive(client), name=f"link-rx:{self._cfg.device_id}")
                 tg.create_task(self._drain(client), name=f"link-tx:{self._cfg.device_id}")
@@ -395,8 +393,11 @@ class Link:
             log.info("%s: sync request not taken (%s, %#x)", self._cfg.device_id, code, code.value)
 
     async def _watch_commits(self, client: CheckedClient) -> None:
-        """Send a SyncRequest when one is wanted; on a commit timeout, also rewind the drain."""
+        """Send a SyncRequest when one is wanted; on a commit timeout, also rewind the drain. Starts with
+        the connection's own SyncRequest (inside the task group: a connection lost meanwhile ends it)."""
         loop = asyncio.get_running_loop()
+        if self._committed_mode:
+            await self._sync(client)
         while True:
             self._timer_wake.clear()
             now = loop.time()

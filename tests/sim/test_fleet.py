@@ -14,9 +14,18 @@ from simulators.faults import FlakyPath, corrupt, duplicate_and_reorder, publish
 from simulators.fleet import Fleet, FleetConfig
 from simulators.scenario import Scenario
 from tests.edge.conftest import ThreadCollector
+from tests.edge.conftest import marks as marks  # the fixture
+from tests.edge.marker import CommitPeer
 from tests.support.services import Mosquitto
 
-FAST: dict[str, object] = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.3}
+FAST: dict[str, object] = {
+    "reconnect_min_s": 0.05,
+    "reconnect_max_s": 0.3,
+    "commit_timeout_s": 2.0,
+    "commit_timeout_max_s": 10.0,
+}
+# a broker with no microfleet cloud behind it: outboxes empty on PUBACK
+BARE: dict[str, object] = {**FAST, "ack_mode": "broker"}
 
 
 def _scenario(devices: int, days: float = 3) -> Scenario:
@@ -26,8 +35,10 @@ def _scenario(devices: int, days: float = 3) -> Scenario:
 
 
 async def test_compressed_days_arrive_complete_through_drops_and_an_outage(
-    tmp_path: Path, broker: Mosquitto
+    tmp_path: Path, broker: Mosquitto, marks: CommitPeer
 ) -> None:
+    """With the end-to-end acknowledgement: the outboxes empty as the (test peer's) commit marks cover
+    everything each device sent."""
     collector = ThreadCollector(broker.url, "mf/v1/+/up/#")
     try:
         async with FlakyPath("127.0.0.1", broker.port) as path:
@@ -50,6 +61,7 @@ async def test_compressed_days_arrive_complete_through_drops_and_an_outage(
                 next_seq = fleet.next_seqs()
                 stats = fleet.stats()
         assert path.cuts >= 2 and stats.sessions_started > 6
+        assert stats.committed == stats.stored and stats.sent >= stats.stored and stats.outbox_depth == 0
 
         await collector.wait_for(lambda: collector.has_every_seq(next_seq), 10)
         msgs = [decode_uplink(t, p, datetime.now(UTC)) for t, p in collector.raw]
@@ -60,7 +72,7 @@ async def test_compressed_days_arrive_complete_through_drops_and_an_outage(
 
 
 async def test_reconnect_storm_every_device_comes_back(tmp_path: Path, broker: Mosquitto) -> None:
-    cfg = FleetConfig(_scenario(30), broker.url, tmp_path, extra=FAST)
+    cfg = FleetConfig(_scenario(30), broker.url, tmp_path, extra=BARE)
     async with Fleet(cfg) as fleet:
         await fleet.connect()
         before = sum(a.stats().connects for a in fleet.agents)
@@ -73,7 +85,7 @@ async def test_reconnect_storm_every_device_comes_back(tmp_path: Path, broker: M
 async def test_clock_skew_shifts_the_device_time(tmp_path: Path, broker: Mosquitto) -> None:
     collector = ThreadCollector(broker.url, "mf/v1/+/up/status")
     try:
-        cfg = FleetConfig(_scenario(2), broker.url, tmp_path, clock_skew_s={1: 7200.0}, extra=FAST)
+        cfg = FleetConfig(_scenario(2), broker.url, tmp_path, clock_skew_s={1: 7200.0}, extra=BARE)
         async with Fleet(cfg) as fleet:
             await fleet.connect()
 
@@ -117,7 +129,7 @@ async def test_connectivity_challenged_users_lose_their_link_and_nothing_else(
     collector = ThreadCollector(broker.url, "mf/v1/+/up/#")
     try:
         sc = dataclasses.replace(_scenario(3, days=4), weights={"connectivity_challenged": 1.0})
-        cfg = FleetConfig(sc, broker.url, tmp_path, extra=FAST)
+        cfg = FleetConfig(sc, broker.url, tmp_path, extra=BARE)
         async with Fleet(cfg) as fleet:
             await fleet.connect()
             await fleet.live()
