@@ -37,7 +37,7 @@ async def test_refused_publishes_stay_in_the_outbox_until_allowed(tmp_path: Path
                     }
                 ]
             )
-            cfg = fast_config(tmp_path, creds.url_with_secret(), device_id="dev-acl")
+            cfg = fast_config(tmp_path, creds.url_with_secret(), device_id="dev-acl", ack_mode="broker")
             collector = ThreadCollector(watcher.url_with_secret(), "$share/ingest/mf/v1/+/up/#")
             clock, sensor = SystemClock(), DemoSensor(seed=7)
             try:
