@@ -15,7 +15,7 @@ PYTHON := $(shell for p in python3 python3.11 python3.12 python3.13; do \
 endif
 PYTEST_ARGS ?=
 
-.PHONY: help venv services test check demo bench clean distclean
+.PHONY: help venv services test check extras demo bench clean distclean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,8 +40,9 @@ $(STAMP): pyproject.toml
 services:  ## install (Debian, as root) and start PostgreSQL, Mosquitto and the npm test packages
 	@scripts/ensure-services.sh
 
-test: venv services  ## static checks, then the whole test suite (pytest; PYTEST_ARGS=... to pass more)
+test: venv services  ## static checks, each extra installed alone, then the whole test suite (pytest; PYTEST_ARGS=...)
 	@scripts/check
+	@scripts/check-extras
 	@# CI retries a failed test once (-p rerunfailures): a retried test is listed as RERUN in the summary, so a
 	@# flaky test is reported and fixed, not hidden; a test that fails twice fails the build.
 	@rc=0; $(VENV)/bin/pytest -q --durations=15 $(if $(CI),--reruns 1 --reruns-delay 1,) $(PYTEST_ARGS) || rc=$$?; \
@@ -50,6 +51,9 @@ test: venv services  ## static checks, then the whole test suite (pytest; PYTEST
 
 check: venv  ## ruff, ruff format --check, mypy --strict and import-linter
 	@scripts/check
+
+extras: venv  ## install each extra (.[edge], .[sim], .[cloud]) alone in a fresh venv and start its entry points
+	@scripts/check-extras
 
 demo: venv services  ## run the platform and a few hundred simulated devices with a live summary
 	$(VENV)/bin/microfleet demo

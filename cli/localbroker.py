@@ -56,6 +56,8 @@ class Mosquitto:
         text = MOSQUITTO_CONF.read_text()
         text = re.sub(r"^listener .*$", f"listener {self.port} 127.0.0.1", text, flags=re.M)
         text = re.sub(r"^persistence_location .*$", f"persistence_location {self.workdir}/", text, flags=re.M)
+        # a short save interval for tests that restart; tests of what ships (the real interval, dynamic
+        # security, service identities) use tests/support/services.production_broker
         text = re.sub(r"^autosave_interval .*$", "autosave_interval 1", text, flags=re.M)
         if os.geteuid() == 0:
             # mosquitto started as root drops to the `mosquitto` user, which cannot write our private
