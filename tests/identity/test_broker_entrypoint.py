@@ -83,6 +83,14 @@ def test_entrypoint_secure_broker_with_service_identities(tmp_path: Path) -> Non
             "INGEST_MQTT_PASSWORD",
         )
         assert again.returncode == 0 and "left as it is" in again.stderr
+        # a device may not be named like a service's client id, a service may not be bound outside them
+        reserved = cli("devices", "provision", "ingest-7")
+        assert reserved.returncode == 2 and "reserved" in reserved.stderr
+        assert (
+            cli("broker", "service", "svc-x", "--role", "svc-ingest", "--client-id", "dev-1").returncode == 2
+        )
+        bound = cli("broker", "service", "svc-ingest-2", "--role", "svc-ingest", "--client-id", "ingest-2")
+        assert bound.returncode == 0, bound.stderr
         # the service connects over TLS with the project CA and its chosen secret; anonymous does not
         assert _connect_tls(tls_port, certs / "ca.crt", "svc-ingest-1", "ingest-secret")
         assert not _connect_tls(tls_port, certs / "ca.crt", "svc-ingest-1", "wrong")

@@ -16,8 +16,9 @@ from cloud.identity.pki import init_pki
 from tests.support.services import secure_broker
 
 
-def _connect_tls(port: int, cafile: Path, username: str, password: str) -> bool:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"tls-{username}", protocol=mqtt.MQTTv5)
+def _connect_tls(port: int, cafile: Path, username: str, password: str, client_id: str | None = None) -> bool:
+    """Connects with client id = username unless told (a device's identity is bound to its own id)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or username, protocol=mqtt.MQTTv5)
     client.username_pw_set(username, password)
     client.tls_set(ca_certs=str(cafile))
     done = threading.Event()
@@ -55,5 +56,7 @@ def test_tls_listener_with_project_ca(tmp_path: Path) -> None:
         assert not _connect_tls(port, other["ca.crt"], creds.username, creds.password)
         # the right CA with a wrong secret is still refused by the broker
         assert not _connect_tls(port, paths["ca.crt"], creds.username, "wrong")
+        # the right CA and secret with another client id: refused (bound to its own id)
+        assert not _connect_tls(port, paths["ca.crt"], creds.username, creds.password, "ingest-1")
     finally:
         broker.close()
