@@ -4,6 +4,7 @@ engine's thread died on one such message)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -25,7 +26,7 @@ def deep_in_field(depth: int) -> bytes:  # the tag is read, then an unknown fiel
 
 @pytest.mark.parametrize("payload", [deep_object(DEPTH), deep_in_field(DEPTH)], ids=["object", "field"])
 def test_deep_nesting_is_a_contract_error_for_every_decoder(payload: bytes) -> None:
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: decode_uplink("mf/v1/d1/up/samples", payload, NOW),
         lambda: decode_sync("mf/v1/d1/up/sync", payload, NOW),
         lambda: decode_downlink("mf/v1/d1/down/notice", payload),
