@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Iterable, Sequence
 from typing import Protocol
@@ -182,6 +183,9 @@ async def power_loss_mid_ota(
     return died_in
 
 
+RECONNECT_WAIT_S = 5.0  # real seconds a drop holds virtual time for the agent to reconnect
+
+
 def flap_schedule(rng: random.Random, days: float, per_day: float) -> list[float]:
     """Virtual times (s) of link drops for a connectivity-challenged device: a Poisson process."""
     out: list[float] = []
@@ -205,13 +209,18 @@ async def drop_link_at(
     try:
         for t in times_s:
             await clock.sleep(t - clock.monotonic())
-            if agent.link.connected.is_set():
-                agent.link.abort()
-                counters.link_drops += 1
-                # hold virtual time until the agent has noticed (a few ms of real time): otherwise, in
-                # compressed time, the next drops would fall on a link that is already down
-                async with asyncio.timeout(10):
-                    while agent.link.connected.is_set():  # noqa: ASYNC110 - the link's own event, set/cleared by it
-                        await asyncio.sleep(0.002)
+            if not agent.link.connected.is_set():
+                continue  # the network is down anyway (an outage of the scenario): nothing to drop
+            agent.link.abort()
+            counters.link_drops += 1
+            # hold virtual time until the agent has noticed (a few ms of real time) and reconnected: in
+            # compressed time its backoff and connect would otherwise take virtual hours, and the next
+            # drops would fall on a link that is still down (how many did depended on the machine's speed)
+            async with asyncio.timeout(10):
+                while agent.link.connected.is_set():  # noqa: ASYNC110 - the link's own event, set/cleared by it
+                    await asyncio.sleep(0.002)
+            with contextlib.suppress(TimeoutError):  # not back within seconds: the network is down
+                async with asyncio.timeout(RECONNECT_WAIT_S):
+                    await agent.link.connected.wait()
     finally:
         clock.exit()
