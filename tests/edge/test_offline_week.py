@@ -62,8 +62,9 @@ async def test_a_week_offline_loses_nothing_and_sends_nothing_twice(
             proxy.heal()
             async with asyncio.timeout(60):
                 await agent.drained()
+        # the collector is a second subscriber in this busy process: give it time under a loaded suite
         await collector.wait_for(
-            lambda: sum(not t.endswith("/status") for t, _ in collector.raw) >= expected, 30
+            lambda: sum(not t.endswith("/status") for t, _ in collector.raw) >= expected, 90
         )
         messages = collector.messages()
         data = [m for m in messages if not isinstance(m, Status)]

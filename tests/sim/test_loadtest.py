@@ -20,7 +20,9 @@ from tests.support.services import Mosquitto
 @pytest.fixture
 def ingest(broker: Mosquitto, database_url: str) -> Iterator[IngestService]:
     migrate(database_url)
-    cfg = CloudConfig.from_env({}, database_url=database_url, mqtt_url=broker.url, consumer_id="lt-ingest")
+    cfg = CloudConfig.from_env(
+        {}, database_url=database_url, mqtt_url=broker.url, consumer_id="lt-ingest", mark_delay_s=0.5
+    )
     service = IngestService(cfg, housekeeping=False)
     service.start()
     try:

@@ -91,7 +91,16 @@ def personas() -> dict[str, Persona]:
 @pytest.fixture
 def ingest(broker: Mosquitto, database_url: str) -> Iterator[IngestProcess]:
     migrate(database_url)
-    proc = IngestProcess(broker.url, database_url, "sixty-ingest", "--late-horizon-days", "90")
+    # the lockstep waits every simulated day for the outboxes to empty, so the marks go out at once
+    proc = IngestProcess(
+        broker.url,
+        database_url,
+        "sixty-ingest",
+        "--late-horizon-days",
+        "90",
+        MICROFLEET_MARK_DELAY_S="0.05",
+        MICROFLEET_MARK_INTERVAL_S="0.05",
+    )
     try:
         proc.wait_subscribed()
         yield proc
