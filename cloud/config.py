@@ -10,6 +10,15 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/microfleet"
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
 
 
+def _flag(value: str, name: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={value!r}: use true or false")
+
+
 @dataclass(frozen=True, slots=True)
 class CloudConfig:
     database_url: str = DEFAULT_DATABASE_URL
@@ -27,6 +36,9 @@ class CloudConfig:
     mark_delay_s: float = 10.0
     mark_every: int = 100
     mark_interval_s: float = 1.0
+    # False only for a fleet of devices that delete on PUBACK (MICROFLEET_EDGE_ACK=broker) or to measure
+    # what the acknowledgement costs (bench/ingest.py): no receipts, no marks, no mark publisher
+    commit_marks: bool = True
     # identity: the broker's dynamic-security admin, and the broker address handed to devices
     broker_admin_url: str = "mqtt://admin@127.0.0.1:1883"
     device_mqtt_url: str = DEFAULT_MQTT_URL
@@ -47,6 +59,7 @@ class CloudConfig:
             "mark_delay_s": float(e.get("MICROFLEET_MARK_DELAY_S", "10.0")),
             "mark_every": int(e.get("MICROFLEET_MARK_EVERY", "100")),
             "mark_interval_s": float(e.get("MICROFLEET_MARK_INTERVAL_S", "1.0")),
+            "commit_marks": _flag(e.get("MICROFLEET_COMMIT_MARKS", "true"), "MICROFLEET_COMMIT_MARKS"),
             "broker_admin_url": e.get("MICROFLEET_BROKER_ADMIN_URL", "mqtt://admin@127.0.0.1:1883"),
             "device_mqtt_url": e.get(
                 "MICROFLEET_DEVICE_MQTT_URL", e.get("MICROFLEET_MQTT_URL", DEFAULT_MQTT_URL)

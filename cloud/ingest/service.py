@@ -19,13 +19,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import FrameType
-from typing import Any
 
 import psycopg
 
 from cloud.config import CloudConfig
 from cloud.ingest import marks
-from cloud.ingest.batcher import DEFAULT_LATE_HORIZON, Batch, Batcher
+from cloud.ingest.batcher import DEFAULT_LATE_HORIZON, Batcher
 from cloud.ingest.consumer import AckToken, Consumer
 from cloud.ingest.handoff import Handoff, utc_now
 from cloud.ingest.writer import BatchWriter, Strategy, WriteResult
@@ -191,7 +190,7 @@ class IngestService:
             self.db, self.publisher, self.stats, delay_s=config.mark_delay_s, every=config.mark_every
         )
         self.writer = BatchWriter(
-            config.database_url, consumer=config.consumer_id, strategy=strategy, isolate=self._isolate
+            config.database_url, consumer=config.consumer_id, strategy=strategy, marks=config.commit_marks
         )
         self._housekeeping = housekeeping
         self._stats_interval_s = stats_interval_s
@@ -211,11 +210,6 @@ class IngestService:
             max_delay_s=c.batch_max_delay_s,
             late_horizon=self.horizon,
         )
-
-    def _isolate(self, topic: str, payload: bytes) -> Batch[Any]:
-        b: Batcher[None] = Batcher(consumer=self.config.consumer_id, late_horizon=self.horizon)
-        b.add(topic, payload, None, now=utc_now(), mono=time.monotonic())
-        return b.take()
 
     # -- threads ----------------------------------------------------------------------------------------
     def _write_loop(self) -> None:
@@ -261,10 +255,11 @@ class IngestService:
     def start(self) -> None:
         self._writer = self.threads.spawn("ingest-writer", self._write_loop)
         self.threads.spawn("ingest-ticker", self._tick_loop)
-        self.threads.spawn(
-            "ingest-marks", lambda: self.marks.loop(self._ticker_stop, self.config.mark_interval_s)
-        )
-        self.publisher.start()
+        if self.config.commit_marks:
+            self.threads.spawn(
+                "ingest-marks", lambda: self.marks.loop(self._ticker_stop, self.config.mark_interval_s)
+            )
+            self.publisher.start()
         self.consumer.start()
         log.info(
             "ingest %s consuming %s from %s",

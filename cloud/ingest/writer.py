@@ -30,7 +30,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -113,18 +113,15 @@ class BatchWriter:
         *,
         consumer: str = "",
         strategy: Strategy = "copy",
-        isolate: Callable[[str, bytes], Batch[Any]] | None = None,
         connect_timeout_s: int = 5,
         marks: bool = True,
     ) -> None:
         """`marks`: record receipts and move commit marks in each batch's transaction (the end-to-end
-        acknowledgement; False only to measure its cost). `isolate` is no longer used (the batch carries
-        its decoded messages); accepted for callers that still pass it."""
+        acknowledgement; False only to measure its cost, or for devices that delete on PUBACK)."""
         self.dsn = dsn
         self.consumer = consumer
         self.strategy: Strategy = strategy
         self.marks = marks
-        del isolate
         self._connect_timeout_s = connect_timeout_s
         self._conn: psycopg.Connection[Any] | None = None
         self.failures = 0  # failed attempts since start (transient errors)

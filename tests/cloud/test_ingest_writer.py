@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import psycopg
 import pytest
@@ -46,13 +45,9 @@ def batch_of(messages: Sequence[UplinkMessage | tuple[str, bytes]]) -> Batch[int
     return b.take()
 
 
-def isolate(topic: str, payload: bytes) -> Batch[Any]:
-    return batch_of([(topic, payload)])
-
-
 @pytest.fixture
 def writer(dsn: str) -> Iterator[BatchWriter]:
-    w = BatchWriter(dsn, consumer="w1", isolate=isolate)
+    w = BatchWriter(dsn, consumer="w1")
     yield w
     w.close()
 
