@@ -9,9 +9,10 @@ from cloud.dashboards.variables import STANDARD
 ON_DEVICES = device_filter("d.model", "d.fw_version", "d.protocol_id")
 
 # uplink_log is partitioned by sent_at, but ingest is about stored_at. Nothing older than the late
-# horizon (compress_after, 14 days, minus a margin) is ever stored, so this bound on sent_at lets the
-# planner skip every older partition or chunk while the filter on stored_at selects the range.
-STORED_IN_RANGE = "$__timeFilter(u.stored_at) AND u.sent_at > $__timeFrom()::timestamptz - interval '15 days'"
+# horizon is ever stored (at least the outbox's 14 days + 2; on plain PostgreSQL up to uplink_log's 30-day
+# retention: cloud/ingest/batcher.late_horizon_for), so this bound on sent_at lets the planner skip every
+# older partition or chunk while the filter on stored_at selects the range.
+STORED_IN_RANGE = "$__timeFilter(u.stored_at) AND u.sent_at > $__timeFrom()::timestamptz - interval '31 days'"
 LAG_S = "extract(epoch FROM u.stored_at - u.sent_at)"
 
 INGEST_RATE = f"""
