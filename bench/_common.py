@@ -137,8 +137,11 @@ def fleet_traffic(
     samples_per_batch: int = 10,
     prefix: str = "dev",
     now: datetime | None = None,
+    first_seq: int = 1,
 ) -> Traffic:
-    """Interleaved traffic of `devices` devices (round robin), each with `sessions_per_device` sessions."""
+    """Interleaved traffic of `devices` devices (round robin), each with `sessions_per_device` sessions.
+    `first_seq=0` numbers each device's messages as a real agent does (from 0), so that the cloud's commit
+    marks advance; 1 keeps the numbering the older tests were written against."""
     now = now or datetime.now(UTC)
     base = now - timedelta(hours=2)
     per_device: list[list[UplinkMessage]] = []
@@ -149,7 +152,7 @@ def fleet_traffic(
             msgs += session_traffic(
                 f"{prefix}-{d}",
                 start=start,
-                seq0=len(msgs),
+                seq0=len(msgs) + first_seq - 1,
                 batches=batches,
                 samples_per_batch=samples_per_batch,
             )
