@@ -7,6 +7,9 @@ to offer its commands. A sub-app whose extra is not installed (a device has no p
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import Annotated
 
 import typer
 
@@ -16,6 +19,28 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            typer.echo(f"microfleet {package_version('microfleet')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("microfleet (not installed: `pip install -e .` records its version)")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    _version_: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the installed version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Run and operate a fleet of connected microcurrent skincare devices."""
+
 
 _SUBAPPS = (
     # (module, attribute, name or None to merge its commands at the top level)

@@ -7,19 +7,20 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, Field
 
 from cloud.api.deps import AUTH_ERRORS, Conn, Operator, Viewer, problems
-from cloud.ota import store
-from cloud.ota.artifacts import ReleaseRefused, artifact_dir, list_releases
+from cloud.ota import listing, store
+from cloud.ota.artifacts import ReleaseRefused, artifact_dir
 from cloud.ota.rollout import RolloutPlan
 from contract.signing import TrustedKey, TrustStore
 
 RolloutAction = Literal["pause", "resume", "cancel", "cancel-force", "rollback"]
+RolloutStatus = Literal["running", "paused", "cancelling", "cancelled", "completed"]
 router = APIRouter(prefix="/ota", tags=["ota"], responses=AUTH_ERRORS)
 
 
@@ -46,20 +47,37 @@ def _refused(exc: ReleaseRefused) -> HTTPException:
 
 
 async def _view(conn: Any, rollout_id: int) -> dict[str, Any]:
-    r = await store.get_rollout(conn, rollout_id)
-    waves = await store.counts(conn, rollout_id)
-    return {
-        "rollout_id": rollout_id,
-        "status": r.view.status,
-        "reason": r.status_reason,
-        "wave": r.view.wave,
-        "waves": [{"size": w.size, "states": w.by_state} for w in waves],
-    }
+    return await listing.rollout_view(conn, rollout_id)
 
 
-@router.get("/releases", summary="Firmware releases")
+class RolloutSummary(BaseModel):
+    rollout_id: int
+    version: str = Field(description="the firmware release rolled out")
+    status: RolloutStatus
+    wave: int = Field(description="the wave being rolled out")
+    reason: str
+    rollback_of: int | None = Field(description="the rollout this one rolls back, if any")
+    created_at: datetime
+    updated_at: datetime
+    devices: int = Field(description="targeted devices (one job each)")
+    succeeded: int
+    failed: int = Field(description="failed or rolled back")
+    pending: int = Field(description="not sent yet")
+
+
+@router.get("/releases", summary="Firmware releases, oldest version code first")
 async def releases(conn: Conn, _: Viewer) -> list[dict[str, Any]]:
-    return [msgspec.to_builtins(r.manifest) | {"release_id": r.release_id} for r in await list_releases(conn)]
+    return await listing.releases(conn)
+
+
+@router.get("/rollouts", summary="Rollouts, newest first, with their device counts")
+async def rollouts(
+    conn: Conn,
+    _: Viewer,
+    status: RolloutStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[RolloutSummary]:
+    return [RolloutSummary(**r) for r in await listing.rollouts(conn, status, limit)]
 
 
 @router.post("/rollouts", status_code=201, summary="Create a staged rollout", responses=problems(400, 409))

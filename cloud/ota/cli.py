@@ -9,6 +9,8 @@ JSON list of TrustedKey devices trust; a rollout is refused unless its manifest 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -20,10 +22,15 @@ import typer
 
 app = typer.Typer(no_args_is_help=True, help="Firmware over the air: releases, staged rollouts, progress.")
 release_app = typer.Typer(no_args_is_help=True, help="Firmware releases (artifact + signed manifest).")
-rollout_app = typer.Typer(no_args_is_help=True, help="Create a staged rollout.")
+rollout_app = typer.Typer(no_args_is_help=True, help="Staged rollouts: create, list.")
 app.add_typer(release_app, name="release")
 app.add_typer(rollout_app, name="rollout")
 T = TypeVar("T")
+Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout (and nothing else).")]
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str)
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -123,6 +130,61 @@ def release_add(
     )
 
 
+@release_app.command("list")
+def release_list(as_json: Json = False) -> None:
+    """Every release, oldest version code first: version, code, models, size, SHA-256."""
+    from cloud.ota import listing
+
+    rows = _run(listing.releases)
+    if as_json:
+        typer.echo(_dumps(rows))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} firmware release(s)")
+    for col in ("id", "version", "code", "models", "hw revs", "min battery", "size", "sha256"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            str(r["release_id"]), r["version"], str(r["version_code"]), ",".join(r["models"]),
+            ",".join(r.get("hw_revs") or []) or "all", f"{r['min_battery_pct']:g}%", f"{r['size']:,}",
+            r["sha256"][:16],
+        )  # fmt: skip
+    Console().print(table)
+
+
+@rollout_app.command("list")
+def rollout_list(
+    status: Annotated[
+        str | None, typer.Option(help="Only this status: running, paused, cancelling, cancelled, completed.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000, help="At most this many, newest first.")] = 50,
+    as_json: Json = False,
+) -> None:
+    """Rollouts, newest first: release, status, wave and device counts."""
+    from cloud.ota import listing
+
+    if status is not None and status not in listing.ROLLOUT_STATUSES:
+        raise typer.BadParameter(f"{status!r}: one of {', '.join(listing.ROLLOUT_STATUSES)}")
+    rows = _run(lambda c: listing.rollouts(c, status, limit))
+    if as_json:
+        typer.echo(_dumps(rows))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} rollout(s)")
+    for col in ("id", "version", "status", "wave", "devices", "succeeded", "failed", "pending", "created"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            str(r["rollout_id"]), r["version"], r["status"], str(r["wave"]), str(r["devices"]),
+            str(r["succeeded"]), str(r["failed"]), str(r["pending"]), f"{r['created_at']:%Y-%m-%d %H:%M}",
+        )  # fmt: skip
+    Console().print(table)
+
+
 @rollout_app.command("create")
 def rollout_create(
     version: str,
@@ -195,19 +257,67 @@ def rollback(rollout_id: int, soak: Annotated[float, typer.Option()] = 0.0) -> N
     typer.echo(f"rollback rollout {rid} created")
 
 
+def _render(view: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    states = sorted({k for w in view["waves"] for k in w["states"]})
+    reason = f" ({view['reason']})" if view["reason"] else ""
+    table = Table(title=f"rollout {view['rollout_id']}: {view['status']} at wave {view['wave']}{reason}")
+    table.add_column("wave")
+    table.add_column("devices", justify="right")
+    for state in states:
+        table.add_column(state, justify="right")
+    for i, w in enumerate(view["waves"]):
+        table.add_row(str(i), str(w["size"]), *(str(w["states"].get(s, 0)) for s in states))
+    return table
+
+
+async def _watch(conn: Any, rollout_id: int, interval: float, as_json: bool) -> None:
+    """Refresh every `interval` seconds until the rollout ends (completed or cancelled)."""
+    from rich.live import Live
+
+    from cloud.ota import listing
+
+    if as_json:  # one line per refresh, flushed, so a pipe sees each at once
+        while True:
+            view = await listing.rollout_view(conn, rollout_id)
+            print(_dumps(view), flush=True)
+            if view["done"]:
+                return
+            await asyncio.sleep(interval)
+    view = await listing.rollout_view(conn, rollout_id)
+    with Live(_render(view), auto_refresh=False) as live:
+        while not view["done"]:
+            await asyncio.sleep(interval)
+            view = await listing.rollout_view(conn, rollout_id)
+            live.update(_render(view), refresh=True)
+
+
 @app.command()
-def status(rollout_id: int) -> None:
-    """Counts per state per wave."""
-    from cloud.ota import store
+def status(
+    rollout_id: int,
+    as_json: Json = False,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", help="Refresh until the rollout ends or Ctrl-C (with --json: a line each)."),
+    ] = False,
+    interval: Annotated[float, typer.Option(min=0.05, help="Seconds between refreshes with --watch.")] = 2.0,
+) -> None:
+    """Counts per state per wave (`microfleet ota rollout list` lists the rollouts)."""
+    from cloud.ota import listing
 
-    async def work(conn: Any) -> tuple[Any, Any]:
-        return await store.get_rollout(conn, rollout_id), await store.counts(conn, rollout_id)
-
-    r, waves = _run(work)
-    typer.echo(f"rollout {rollout_id}: {r.view.status} at wave {r.view.wave} {r.status_reason}")
-    for i, w in enumerate(waves):
-        states = ", ".join(f"{k} {v}" for k, v in sorted(w.by_state.items()))
-        typer.echo(f"  wave {i} ({w.size}): {states}")
+    if watch:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the watch, not the rollout
+            _run(lambda c: _watch(c, rollout_id, interval, as_json))
+        return
+    view = _run(lambda c: listing.rollout_view(c, rollout_id))
+    if as_json:
+        typer.echo(_dumps(view))
+        return
+    typer.echo(f"rollout {rollout_id}: {view['status']} at wave {view['wave']} {view['reason']}")
+    for i, w in enumerate(view["waves"]):
+        states = ", ".join(f"{k} {v}" for k, v in sorted(w["states"].items()))
+        typer.echo(f"  wave {i} ({w['size']}): {states}")
 
 
 @app.command()

@@ -141,7 +141,7 @@ async def get_rollout(conn: AsyncConnection[Any], rollout_id: int) -> Rollout:
     )
     r = await cur.fetchone()
     if r is None:
-        raise ReleaseRefused(f"no rollout {rollout_id}: list them with `microfleet ota status`")
+        raise ReleaseRefused(f"no rollout {rollout_id}: list them with `microfleet ota rollout list`")
     baseline = {int(k): int(v) for k, v in dict(r[6]).items()}
     return Rollout(
         int(r[0]),
