@@ -16,6 +16,7 @@ import logging
 import signal
 import threading
 import time
+from collections import Counter as Tally
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import FrameType
@@ -27,12 +28,15 @@ from cloud.ingest import marks
 from cloud.ingest.batcher import DEFAULT_LATE_HORIZON, Batcher
 from cloud.ingest.consumer import AckToken, Consumer
 from cloud.ingest.handoff import Handoff, utc_now
+from cloud.ingest.metrics import IngestMetrics, newest_ts
 from cloud.ingest.writer import BatchWriter, Strategy, WriteResult
 from cloud.runtime.db import Database
+from cloud.runtime.metrics import MetricsServer, database_check
 from cloud.runtime.publisher import Outgoing, Publisher
 from cloud.runtime.threads import Threads
 from contract import topics
 from contract.codec import encode
+from contract.errors import Reason
 from contract.messages import CommitMark
 
 log = logging.getLogger(__name__)
@@ -168,7 +172,10 @@ class IngestService:
         late_horizon: timedelta | None = None,
         stats_interval_s: float = STATS_INTERVAL_S,
         housekeeping_interval_s: float = HOUSEKEEPING_INTERVAL_S,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
+        """metrics_port: serve /metrics, /healthz and /readyz there (0: any free port; None: no server)."""
         self.config = config
         self.stats = Stats()
         self.horizon = late_horizon if late_horizon is not None else late_horizon_of(config.database_url)
@@ -191,6 +198,21 @@ class IngestService:
         )
         self.writer = BatchWriter(
             config.database_url, consumer=config.consumer_id, strategy=strategy, marks=config.commit_marks
+        )
+        self.metrics = IngestMetrics(self._live_figures)
+        self.metrics_server = (
+            None
+            if metrics_port is None
+            else MetricsServer(
+                config.consumer_id,
+                self.metrics.registry,
+                port=metrics_port,
+                host=metrics_host,
+                checks={
+                    "broker": self.consumer.connected_event.is_set,
+                    "database": database_check(self.db.connection),
+                },
+            )
         )
         self._housekeeping = housekeeping
         self._stats_interval_s = stats_interval_s
@@ -227,6 +249,31 @@ class IngestService:
                 return
             self.consumer.ack(batch.acks)
             self.stats.record(result)
+            quarantined = Tally(str(row[3]) for row in batch.quarantine)
+            if result.refused:
+                quarantined[Reason.OUT_OF_RANGE.value] += len(result.refused)
+            self.metrics.batch(
+                messages=result.messages,
+                stored=len(batch.accepted) - len(result.refused),
+                samples=result.samples,
+                quarantined=quarantined,
+                commit_s=result.commit_s,
+                attempts=result.attempts,
+                first_at=batch.first_at,
+                newest=newest_ts(batch.accepted),
+                now=utc_now(),
+            )
+
+    def _live_figures(self) -> dict[str, float]:
+        with self.stats.lock:
+            sent, failed = self.stats.marks_sent, self.stats.marks_failed
+        return {
+            "pending": self.handoff.pending(),
+            "redeliveries": self.consumer.redeliveries,
+            "marks_sent": sent,
+            "marks_failed": failed,
+            "connects": self.consumer.connects,
+        }
 
     def _tick_loop(self) -> None:
         next_housekeeping = time.monotonic() + (
@@ -253,6 +300,8 @@ class IngestService:
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         self._writer = self.threads.spawn("ingest-writer", self._write_loop)
         self.threads.spawn("ingest-ticker", self._tick_loop)
         if self.config.commit_marks:
@@ -287,6 +336,8 @@ class IngestService:
         self.publisher.stop()
         self.writer.close()
         self.db.close()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         log.info(
             "ingest %s stopped (%s): %s",
             self.config.consumer_id,

@@ -90,6 +90,7 @@ class Consumer:
         self.refused_event = threading.Event()  # the broker refused a subscription (see subscribe_error)
         self.subscribe_error = ""
         self.acks_dropped = 0
+        self.redeliveries = 0  # messages received with the DUP flag (the broker sent them again)
         self.mqtt.on_up.append(self._up)
         self.mqtt.on_down.append(self._down)
         self.client.on_subscribe = guarded(f"MQTT {client_id} on_subscribe", self._handle_subscribe)
@@ -223,5 +224,7 @@ class Consumer:
             generation = self._generation
             if msg.qos > 0:
                 self._outstanding += 1
+                if msg.dup:
+                    self.redeliveries += 1
             self._last_message = time.monotonic()
         self._on_message(msg.topic, bytes(msg.payload), AckToken(generation, msg.mid, msg.qos))
