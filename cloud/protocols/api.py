@@ -1,6 +1,7 @@
 """HTTP endpoints for treatment protocols (an APIRouter; the API's composition root includes it).
 
-    POST /protocols                      publish (operator): 201, or 422 naming each field and limit
+    POST /protocols                      publish (operator): 201, or 422 naming each field and limit;
+                                         devices with a blocked safety gate are skipped (listed), 409 if all
     GET  /protocols                      published versions
     GET  /protocols/{id}?version=        one version (default: the latest) with its signed document
     GET  /protocols/{id}/status?version= converged / rejected / pending counts
@@ -20,9 +21,11 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from pydantic import BaseModel, Field
 
 from cloud.api.deps import AUTH_ERRORS, Conn, Operator, Viewer, problems
+from cloud.api.models import Role
 from cloud.protocols import store
 from cloud.protocols.progress import progress
 from cloud.protocols.publish import (
+    GateBlocked,
     InvalidProtocol,
     PublishError,
     Refused,
@@ -43,6 +46,12 @@ class PublishIn(BaseModel):
     to_tags: list[str] = []
     devices: list[str] = []
     rate_per_s: float = Field(500.0, gt=0, le=10_000)
+    override_safety_gate: str = Field(
+        "",
+        max_length=500,
+        description="A reason to send to devices whose safety gate is blocked (an open blocking "
+        "contraindication) too; needs the admin role, recorded per device. Empty: they are skipped.",
+    )
 
 
 class PublishOut(BaseModel):
@@ -53,6 +62,8 @@ class PublishOut(BaseModel):
     sent: int
     refused: int
     seconds: float
+    skipped_blocked: list[str] = Field(description="devices left out: their safety gate is blocked")
+    gate_overridden: list[str] = Field(description="blocked devices sent to anyway (override_safety_gate)")
 
 
 class VersionOut(BaseModel):
@@ -123,6 +134,11 @@ async def publish_protocol(request: Request, conn: Conn, who: Operator, body: Pu
         targets = Targets(tuple(body.to_models), tuple(body.to_tags), tuple(body.devices))
     except (InvalidProtocol, PublishError) as exc:
         raise HTTPException(422, [{"type": "value_error", "loc": ["body"], "msg": str(exc)}]) from None
+    if body.override_safety_gate.strip() and who.role.rank < Role.ADMIN.rank:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"overriding a safety gate needs the admin role; token {who.name!r} has {who.role.value}",
+        )
     key = _key(request)
     try:
         result = await publish(
@@ -133,10 +149,11 @@ async def publish_protocol(request: Request, conn: Conn, who: Operator, body: Pu
             request.app.state.config.mqtt_url,
             by=who.name,
             rate_per_s=body.rate_per_s,
+            override_gate=body.override_safety_gate,
         )
     except Refused as exc:
         raise _refusal(exc) from None
-    except store.VersionConflict as exc:
+    except (store.VersionConflict, GateBlocked) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except PublishError as exc:
         code = status.HTTP_404_NOT_FOUND if "no device matches" in str(exc) else status.HTTP_502_BAD_GATEWAY

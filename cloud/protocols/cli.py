@@ -1,8 +1,9 @@
 """`microfleet protocol ...`: validate, publish, list, show, status.
 
-Exit codes: 0 done; 1 an operational error (database, broker, signing key, no matching device);
-2 the document is refused: not a valid protocol, or over a model's hard limits (each field and limit
-is printed). The database and broker come from MICROFLEET_DATABASE_URL / MICROFLEET_MQTT_URL.
+Exit codes: 0 done; 1 an operational error (database, broker, signing key, no matching device, every
+target blocked by its safety gate); 2 the document is refused: not a valid protocol, or over a model's
+hard limits (each field and limit is printed); 3 published, but some devices were skipped because their
+safety gate is blocked (one SKIPPED line each). The database and broker come from MICROFLEET_DATABASE_URL / MICROFLEET_MQTT_URL.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ app = typer.Typer(no_args_is_help=True, help="Treatment protocols: validate, pub
 console = Console(stderr=True, soft_wrap=True)
 EXIT_ERROR = 1
 EXIT_REFUSED = 2
+EXIT_SKIPPED = 3
 
 
 def _read(file: Path) -> Any:
@@ -88,8 +90,16 @@ def publish_cmd(
     key: Path | None = typer.Option(None, "--key", help=f"signing key PEM (default: ${SIGNING_KEY_ENV})"),
     rate: float = typer.Option(DEFAULT_RATE_PER_S, help="messages per second to the broker"),
     by: str = typer.Option("", help="who publishes (default: the login name)"),
+    override_safety_gate: str = typer.Option(
+        "",
+        "--override-safety-gate",
+        metavar="REASON",
+        help="also send to devices whose safety gate is blocked (an open blocking contraindication), "
+        "e.g. after a physician's approval; the reason is recorded per device. Default: they are skipped",
+    ),
 ) -> None:
-    """Validate, sign, store and send a protocol as retained desired state to the targeted devices."""
+    """Validate, sign, store and send a protocol as retained desired state to the targeted devices.
+    Devices whose safety gate is blocked are skipped and listed (exit 3 if any was skipped)."""
     from cloud.protocols.publish import load_signing_key, publish
 
     protocol = _read(file)
@@ -109,14 +119,21 @@ def publish_cmd(
                 by=by or getpass.getuser(),
                 rate_per_s=rate,
                 on_progress=lambda n, total: console.print(f"sent {n}/{total}"),
+                override_gate=override_safety_gate,
             )
         typer.echo(
             f"{result.protocol_id} v{result.version} published to {result.devices} devices "
             f"({result.sent} acknowledged, {result.refused} refused by the broker) in {result.seconds:.1f}s"
             + ("" if result.new_version else " (version already stored: re-sent)")
         )
+        for device_id in result.skipped_blocked:
+            typer.echo(f"SKIPPED {device_id}: safety gate blocked (an open blocking contraindication)")
+        for device_id in result.gate_overridden:
+            typer.echo(f"OVERRIDDEN {device_id}: safety gate blocked, sent anyway (reason recorded)")
         if result.refused:
             raise typer.Exit(EXIT_ERROR)
+        if result.skipped_blocked:
+            raise typer.Exit(EXIT_SKIPPED)
 
     try:
         asyncio.run(run())

@@ -7,8 +7,10 @@ retained desired state (QoS 1) on each target device's `mf/v1/<id>/down/protocol
 Order matters: nothing is stored or sent unless the protocol passes the hard limits of every model it
 reaches (`contract.protocol.check`; the error names each field and limit). The store comes before the
 broker, so a publish cut short by a broker outage is completed by running it again (same version, same
-document: idempotent). The send is paced (`rate_per_s`) with a bounded window of unacknowledged
-messages and reports progress; a refusal by the broker (PUBACK failure code, e.g. an ACL) is counted
+document: idempotent; the stored signed document is re-sent). A target device whose safety gate is
+blocked (an open blocking contraindication: cloud/protocols/gate.py) is skipped and reported, unless
+the publisher overrides the gate with a reason (`override_gate`), recorded per device. The send is
+paced (`rate_per_s`) with a bounded window of unacknowledged messages and reports progress; a refusal by the broker (PUBACK failure code, e.g. an ACL) is counted
 (the MQTT client is cloud.runtime's publisher: TLS, credentials, PUBACK reason codes).
 """
 
@@ -20,11 +22,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
-from cloud.protocols import store
+from cloud.protocols import gate, store
 from contract.protocol import ProtocolRejected, TreatmentProtocol, Violation, check
 from contract.signing import SigningKey
 from contract.topics import Downlink, downlink
@@ -53,6 +56,19 @@ class Refused(ValueError):
         super().__init__(f"protocol {protocol_id} refused: " + "; ".join(lines))
 
 
+class GateBlocked(PublishError):
+    """Every target device has a blocked safety gate: nothing was stored or sent."""
+
+    def __init__(self, devices: Sequence[str]) -> None:
+        self.devices = list(devices)
+        shown = ", ".join(self.devices[:10]) + (" ..." if len(self.devices) > 10 else "")
+        super().__init__(
+            f"every target device has a blocked safety gate (an open blocking contraindication): {shown}; "
+            "nothing was stored or sent. Clear the device's profile, or override the gate with a reason "
+            "if a physician approved the treatment"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Targets:
     models: tuple[str, ...] = ()
@@ -73,6 +89,8 @@ class PublishResult:
     sent: int
     refused: int
     seconds: float
+    skipped_blocked: tuple[str, ...] = ()  # devices left out: their safety gate is blocked
+    gate_overridden: tuple[str, ...] = ()  # blocked devices sent to anyway (override_gate, recorded)
 
 
 def load_signing_key(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> SigningKey:
@@ -132,7 +150,11 @@ async def publish(
     inflight: int = DEFAULT_INFLIGHT,
     on_progress: Progress | None = None,
     ca_file: str | None = None,
+    override_gate: str = "",
+    now: datetime | None = None,
 ) -> PublishResult:
+    """`override_gate`: a reason to send to devices whose safety gate is blocked too (recorded in
+    `protocol_gate_overrides`); empty: they are skipped and listed in `skipped_blocked`."""
     t0 = time.monotonic()
     check_all(protocol, targets.models or protocol.models)
     found = await store.resolve(conn, targets.models, targets.tags, targets.devices)
@@ -142,10 +164,18 @@ async def publish(
             "nothing was stored or sent (devices appear once they have connected, or name them with --device)"
         )
     check_all(protocol, models_of(protocol, targets, found))
+    blocked = sorted(await gate.blocked(conn, [t.device_id for t in found], now or datetime.now(UTC)))
+    overridden: list[str] = []
+    if blocked and override_gate.strip():
+        overridden = blocked
+    elif blocked:
+        found = [t for t in found if t.device_id not in set(blocked)]
+        if not found:
+            raise GateBlocked(blocked)
     signed = key.sign(protocol)
     selector = store.selectors(targets.models, targets.tags, targets.devices)
     found = [store.Target(t.device_id, t.model, t.selector or selector) for t in found]
-    new = await store.save(conn, protocol, signed, by, found)
+    new = await store.save(conn, protocol, signed, by, found, overridden, override_gate.strip())
     stored = await store.get(conn, protocol.protocol_id, protocol.version)
     payload = msgspec.json.encode(stored.signed if stored else signed)
     messages = [(downlink(t.device_id, Downlink.PROTOCOL), payload) for t in found]
@@ -159,7 +189,15 @@ async def publish(
         ca_file=ca_file,
     )
     return PublishResult(
-        protocol.protocol_id, protocol.version, new, len(found), sent, refused, time.monotonic() - t0
+        protocol.protocol_id,
+        protocol.version,
+        new,
+        len(found),
+        sent,
+        refused,
+        time.monotonic() - t0,
+        tuple(d for d in blocked if d not in overridden),
+        tuple(overridden),
     )
 
 

@@ -2,11 +2,14 @@
 each device. Async psycopg 3 (the API's pool; the CLI opens one connection).
 
 A version is immutable: publishing the same (protocol_id, version) again is allowed only with the same
-document (a re-publish, e.g. after a broker outage); a different document needs a new version.
+document (a re-publish, e.g. after a broker outage); a different document needs a new version. "The same"
+is compared as protocols (the stored JSON decoded back), not as JSON trees: a stored array reads back as
+a list where the struct has a tuple, and a file may spell 80 for 80.0.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -71,10 +74,17 @@ async def resolve(
 
 
 async def save(
-    conn: Conn, protocol: TreatmentProtocol, signed: SignedDocument, by: str, targets: list[Target]
+    conn: Conn,
+    protocol: TreatmentProtocol,
+    signed: SignedDocument,
+    by: str,
+    targets: list[Target],
+    gate_overridden: Sequence[str] = (),
+    override_reason: str = "",
 ) -> bool:
     """Store the version (if new) and make it the desired protocol of each target, in one transaction.
-    Returns True if the version is new. Raises VersionConflict for a changed document."""
+    Returns True if the version is new. Raises VersionConflict for a changed document. Each device in
+    `gate_overridden` (blocked, sent to anyway) is recorded in `protocol_gate_overrides` with the reason."""
     from psycopg.types.json import Jsonb
 
     document = msgspec.to_builtins(protocol)
@@ -98,10 +108,11 @@ async def save(
                 (protocol.protocol_id, protocol.version),
             )
             row = await cur.fetchone()
-            if row is None or row[0] != document:
+            if row is None or not same_document(row[0], protocol):
                 raise VersionConflict(
                     f"{protocol.protocol_id} version {protocol.version} was already published with a "
-                    f"different document: publish it as version {protocol.version + 1} (or higher)"
+                    f"different document: publish it as version {protocol.version + 1} (or higher); "
+                    "re-sending the same file is allowed"
                 )
         async with conn.cursor() as c:
             await c.executemany(
@@ -111,7 +122,24 @@ async def save(
                 "selector = excluded.selector, assigned_at = now(), assigned_by = excluded.assigned_by",
                 [(t.device_id, protocol.protocol_id, protocol.version, t.selector, by) for t in targets],
             )
+            if gate_overridden:
+                await c.executemany(
+                    "insert into protocol_gate_overrides (device_id, protocol_id, version, reason, by_whom) "
+                    "values (%s, %s, %s, %s, %s)",
+                    [
+                        (d, protocol.protocol_id, protocol.version, override_reason, by)
+                        for d in gate_overridden
+                    ],
+                )
     return new
+
+
+def same_document(stored: Any, protocol: TreatmentProtocol) -> bool:
+    """Pure: whether a stored `document` (JSON as read back) is `protocol` (a re-send, not a change)."""
+    try:
+        return msgspec.convert(stored, TreatmentProtocol) == protocol
+    except msgspec.ValidationError:
+        return False
 
 
 _SELECT = "select document, signed, key_id, published_at, published_by from protocols "

@@ -230,6 +230,8 @@ def test_api_publish_list_show_status(dsn: str, api: ApiServer, module_broker: M
             "sent": 2,
             "refused": 0,
             "seconds": 0,
+            "skipped_blocked": [],
+            "gate_overridden": [],
         }
         assert retained(module_broker, "mf/v1/dev-api-2/down/protocol") is not None
         assert retained(module_broker, "mf/v1/dev-api-3/down/protocol") is None
