@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -11,7 +12,7 @@ from cloud.config import CloudConfig
 from cloud.db.maintenance import run_once
 from cloud.db.migrate import MigrationError, StoragePath, run_migrations
 from cloud.db.pool import DatabaseUnreachable, connect, describe, ensure_database
-from cloud.db.status import collect
+from cloud.db.status import as_json, collect
 
 app = typer.Typer(name="db", help="Database schema, partitions and rollups.", no_args_is_help=True)
 
@@ -63,10 +64,14 @@ def migrate(
 def status(
     database_url: DsnOption = None,
     exact: Annotated[
-        bool, typer.Option(help="Count rows exactly (slow on big tables) instead of estimating.")
+        bool, typer.Option(help="Count rows of big tables exactly too (slow) instead of estimating them.")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="One JSON document on stdout (and nothing else).")
     ] = False,
 ) -> None:
-    """Applied migrations, storage path, partitions or chunks and row counts."""
+    """Applied migrations, storage path, partitions or chunks and row counts (small tables counted, big
+    ones estimated by the planner and labelled so)."""
     dsn = _dsn(database_url)
     try:
         with connect(dsn, autocommit=True) as conn:
@@ -75,13 +80,15 @@ def status(
         raise _fail(str(exc)) from None
     if st.path is None:
         raise _fail(f"{describe(dsn)} has no microfleet schema: run `microfleet db migrate`")
+    if json_out:
+        typer.echo(json.dumps(as_json(st) | {"database": describe(dsn)}))
+        return
     typer.echo(f"{describe(dsn)}: {st.path} path")
     for version, at in st.migrations:
         typer.echo(f"  migration {version:<28} applied {at:%Y-%m-%d %H:%M:%S %Z}")
     unit = "chunks" if st.path is StoragePath.TIMESCALE else "partitions"
     for r in st.relations:
-        rows = "?" if r.rows is None else f"{r.rows:,}"
-        line = f"  {r.relation:<22} rows {rows:>14}{'' if exact else ' (estimate)'}"
+        line = f"  {r.relation:<22} rows {r.rows:>14,} {'exact' if r.exact else '(estimate)'}"
         if r.parts is not None:
             line += f"  {unit} {r.parts}"
         if r.compressed is not None:

@@ -1,4 +1,8 @@
-"""What `microfleet db status` shows: applied migrations, the storage path, partitions or chunks, rows."""
+"""What `microfleet db status` shows: applied migrations, the storage path, partitions or chunks, rows.
+
+Rows are counted exactly for small relations (under EXACT_BELOW_BYTES with their partitions) and for
+relations the planner has no estimate of yet (never analysed: a fresh database); big analysed relations
+get the planner's fast estimate, labelled as such (`exact=False`). `--exact` counts every one."""
 
 from __future__ import annotations
 
@@ -22,10 +26,14 @@ OTHERS = (
 )
 
 
+EXACT_BELOW_BYTES = 64 * 1024 * 1024  # a count(*) over this much takes well under a second
+
+
 @dataclass(frozen=True, slots=True)
 class RelationStatus:
     relation: str
-    rows: int | None  # exact count, or an estimate (None: unknown) when exact=False
+    rows: int
+    exact: bool  # False: the planner's estimate (big relations)
     parts: int | None  # partitions (plain, DEFAULT included) or chunks (TimescaleDB); None: not split
     compressed: int | None = None  # TimescaleDB: compressed chunks
 
@@ -37,22 +45,51 @@ class DbStatus:
     relations: list[RelationStatus]
 
 
-def _rows(conn: psycopg.Connection[Any], relation: str, exact: bool, path: StoragePath) -> int | None:
-    if exact:
-        row = conn.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(relation))).fetchone()
-    elif path is StoragePath.TIMESCALE and relation in TIME_SERIES:
-        row = conn.execute("select approximate_row_count(%s::regclass)", (relation,)).fetchone()
-    else:  # sum the planner's estimates over the relation and its partitions (-1: never analysed)
+def _count(conn: psycopg.Connection[Any], relation: str) -> int:
+    row = conn.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(relation))).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _size(conn: psycopg.Connection[Any], relation: str, path: StoragePath) -> int:
+    if path is StoragePath.TIMESCALE and relation in TIME_SERIES:
+        row = conn.execute("select hypertable_size(%s::regclass)", (relation,)).fetchone()
+    else:  # the relation and its partitions
         row = conn.execute(
-            """select case when bool_or(c.reltuples < 0) then null else sum(c.reltuples)::bigint end
-               from pg_class c where c.oid = %s::regclass
+            """select sum(pg_total_relation_size(c.oid))::bigint from pg_class c where c.oid = %s::regclass
                   or c.oid in (select inhrelid from pg_inherits where inhparent = %s::regclass)""",
             (relation, relation),
         ).fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
+def _estimate(conn: psycopg.Connection[Any], relation: str, path: StoragePath) -> int | None:
+    """The planner's estimate; None when it has none (never analysed)."""
+    if path is StoragePath.TIMESCALE and relation in TIME_SERIES:
+        row = conn.execute("select approximate_row_count(%s::regclass)", (relation,)).fetchone()
+        return None if row is None or row[0] is None or int(row[0]) <= 0 else int(row[0])
+    row = conn.execute(  # sum over the relation and its partitions (-1: never analysed)
+        """select case when bool_or(c.reltuples < 0) then null else sum(c.reltuples)::bigint end
+           from pg_class c where c.oid = %s::regclass
+              or c.oid in (select inhrelid from pg_inherits where inhparent = %s::regclass)""",
+        (relation, relation),
+    ).fetchone()
     return None if row is None or row[0] is None else int(row[0])
 
 
-def collect(conn: psycopg.Connection[Any], *, exact: bool = False) -> DbStatus:
+def _rows(
+    conn: psycopg.Connection[Any], relation: str, exact: bool, path: StoragePath, exact_below: int
+) -> tuple[int, bool]:
+    """(rows, exact): counted when asked, when small, or when the planner has no estimate."""
+    if not exact and _size(conn, relation, path) >= exact_below:
+        estimate = _estimate(conn, relation, path)
+        if estimate is not None:
+            return estimate, False
+    return _count(conn, relation), True
+
+
+def collect(
+    conn: psycopg.Connection[Any], *, exact: bool = False, exact_below: int = EXACT_BELOW_BYTES
+) -> DbStatus:
     path = current_path(conn)
     if path is None:
         return DbStatus(None, [], [])
@@ -78,5 +115,24 @@ def collect(conn: psycopg.Connection[Any], *, exact: bool = False) -> DbStatus:
                 "select count(*) from pg_inherits where inhparent = %s::regclass", (rel,)
             ).fetchone()
             parts = int(row[0]) if row else 0
-        relations.append(RelationStatus(rel, _rows(conn, rel, exact, path), parts, compressed))
+        rows, counted = _rows(conn, rel, exact, path, exact_below)
+        relations.append(RelationStatus(rel, rows, counted, parts, compressed))
     return DbStatus(path, migrations, relations)
+
+
+def as_json(st: DbStatus) -> dict[str, Any]:
+    """The status as a JSON-ready dict (times in ISO 8601)."""
+    return {
+        "path": None if st.path is None else str(st.path),
+        "migrations": [{"version": v, "applied_at": at.isoformat()} for v, at in st.migrations],
+        "relations": [
+            {
+                "relation": r.relation,
+                "rows": r.rows,
+                "exact": r.exact,
+                "parts": r.parts,
+                "compressed": r.compressed,
+            }
+            for r in st.relations
+        ],
+    }
