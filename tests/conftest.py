@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support.services import Mosquitto, scratch_database
+from tests.support.services import Mosquitto, ProductionBroker, production_broker, scratch_database
+
+if TYPE_CHECKING:
+    from tests.identity.test_broker_acl import Peer
 
 
 @pytest.fixture
@@ -19,6 +24,26 @@ def broker() -> Iterator[Mosquitto]:
         yield b
     finally:
         b.close()
+
+
+@pytest.fixture
+def prod(tmp_path: Path) -> Iterator[ProductionBroker]:
+    """The broker as compose runs it (tests/support/services.production_broker), with the service
+    identities; `prod.device(id)` provisions a device bound to its client id."""
+    b = production_broker(tmp_path)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture
+def peers() -> Iterator[list[Peer]]:
+    """Raw MQTT peers a test opens (tests/identity/test_broker_acl.Peer), closed afterwards."""
+    made: list[Peer] = []
+    yield made
+    for p in made:
+        p.close()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,19 +33,10 @@ from edge.sensor import DemoSensor
 from tests.cloud.test_api_support import wait_for
 from tests.edge.conftest import fast_config
 from tests.edge.test_ota_support import install_job, make_release, trust_file
-from tests.support.services import ProductionBroker, production_broker
+from tests.support.services import ProductionBroker
 
 pytestmark = pytest.mark.slow
 DEVICE = "downlink-dev-1"
-
-
-@pytest.fixture
-def prod(tmp_path: Path) -> Iterator[ProductionBroker]:
-    broker = production_broker(tmp_path)
-    try:
-        yield broker
-    finally:
-        broker.close()
 
 
 def scalar(dsn: str, sql: str, *args: object) -> int:

@@ -5,8 +5,6 @@ nor kick another device offline; a service's client ids cannot be provisioned as
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -18,24 +16,7 @@ from cloud.identity import policy, provision
 from cloud.identity.dynsec import DynsecClient, DynsecError
 from contract.mqtturl import parse_mqtt_url
 from tests.identity.test_broker_acl import Peer
-from tests.support.services import ADMIN_PASSWORD, ProductionBroker, production_broker
-
-
-@pytest.fixture
-def prod(tmp_path: Path) -> Iterator[ProductionBroker]:
-    b = production_broker(tmp_path)
-    try:
-        yield b
-    finally:
-        b.close()
-
-
-@pytest.fixture
-def peers() -> Iterator[list[Peer]]:
-    made: list[Peer] = []
-    yield made
-    for p in made:
-        p.close()
+from tests.support.services import ADMIN_PASSWORD, ProductionBroker
 
 
 def peer(prod: ProductionBroker, url: str, client_id: str, peers: list[Peer]) -> Peer:

@@ -7,16 +7,12 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from contract import topics
 from contract.mqtturl import parse_mqtt_url
 from tests.identity.test_broker_acl import Peer
 from tests.identity.test_tls import _connect_tls
-from tests.support.services import MOSQUITTO_CONF, ProductionBroker, production_broker
+from tests.support.services import MOSQUITTO_CONF, ProductionBroker
 
 SENDER = {
     topics.Downlink.PROTOCOL: "svc-ota",
@@ -25,23 +21,6 @@ SENDER = {
     topics.Downlink.GATE: "svc-alerts",
     topics.Downlink.COMMITTED: "svc-ingest",
 }
-
-
-@pytest.fixture
-def prod(tmp_path: Path) -> Iterator[ProductionBroker]:
-    b = production_broker(tmp_path)
-    try:
-        yield b
-    finally:
-        b.close()
-
-
-@pytest.fixture
-def peers() -> Iterator[list[Peer]]:
-    made: list[Peer] = []
-    yield made
-    for p in made:
-        p.close()
 
 
 def peer(prod: ProductionBroker, url: str, client_id: str, peers: list[Peer]) -> Peer:
