@@ -69,12 +69,16 @@ def _strict_decode(decoder: msgspec.json.Decoder[M], payload: bytes) -> M:
     return message
 
 
+def _check_size(payload: bytes, max_bytes: int) -> None:
+    if len(payload) > max_bytes:
+        raise ContractError(Reason.OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
+
+
 def decode_uplink(
     topic: str, payload: bytes, now: datetime, *, max_bytes: int = MAX_PAYLOAD_BYTES
 ) -> UplinkMessage:
     """Decode and validate one uplink message, or raise ContractError saying why not."""
-    if len(payload) > max_bytes:
-        raise ContractError(Reason.OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
+    _check_size(payload, max_bytes)
     parsed = parse_uplink(topic)
     if parsed.kind is Uplink.SYNC:
         raise ContractError(Reason.TOPIC_MISMATCH, f"{topic!r} carries sync requests: decode_sync reads them")
@@ -97,8 +101,7 @@ def decode_sync(
     topic: str, payload: bytes, now: datetime, *, max_bytes: int = MAX_PAYLOAD_BYTES
 ) -> SyncRequest:
     """Decode a device's SyncRequest on `mf/v1/<id>/up/sync`, or raise ContractError saying why not."""
-    if len(payload) > max_bytes:
-        raise ContractError(Reason.OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
+    _check_size(payload, max_bytes)
     parsed = parse_uplink(topic)
     if parsed.kind is not Uplink.SYNC:
         raise ContractError(Reason.TOPIC_MISMATCH, f"a sync request on {topic!r}")
@@ -131,8 +134,7 @@ _downlink_decoder: msgspec.json.Decoder[DownlinkMessage] = msgspec.json.Decoder(
 
 def decode_downlink(topic: str, payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> DownlinkMessage:
     """Decode a notice, safety gate or commit mark addressed to one device (the agent's side)."""
-    if len(payload) > max_bytes:
-        raise ContractError(Reason.OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
+    _check_size(payload, max_bytes)
     device_id, kind = parse_downlink(topic)
     expected = _DOWNLINK_KIND.get(kind)
     if expected is None:
