@@ -25,10 +25,12 @@ from cloud.alerts.delivery import BATCH, DeliveryWorker, Publisher
 from cloud.alerts.engine import BatchResult, Engine
 from cloud.alerts.gate import GatePoller
 from cloud.alerts.lifecycle import wake_snoozed
+from cloud.alerts.metrics import AlertMetrics, Live
 from cloud.alerts.sweep import sweep as sweep_rules
 from cloud.alerts.webhook import WebhookWorker
 from cloud.ingest.consumer import AckToken, Consumer
 from cloud.runtime.db import Database
+from cloud.runtime.metrics import MetricsServer, database_check
 from cloud.runtime.threads import Threads
 from contract.topics import Uplink
 
@@ -81,9 +83,21 @@ class Inbox:
             self._first = time.monotonic()
             return out
 
+    def pending(self) -> int:
+        return len(self._items)
+
 
 class AlertService:
-    def __init__(self, cfg: AlertConfig, *, clock: Clock = utc_now, gate: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: AlertConfig,
+        *,
+        clock: Clock = utc_now,
+        gate: bool = True,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+    ) -> None:
+        """metrics_port: serve /metrics, /healthz and /readyz there (0: any free port; None: no server)."""
         self.cfg, self.clock = cfg, clock
         self.engine = Engine(cfg)
         self.inbox = Inbox()
@@ -110,8 +124,41 @@ class AlertService:
         self.swept = 0  # devices looked at by the sweep of sliding rules
         self._stop = threading.Event()
         self._threads = Threads(cfg.consumer_id)
+        self.metrics = AlertMetrics(self._live_figures)
+        self.metrics_server = (
+            None
+            if metrics_port is None
+            else MetricsServer(
+                cfg.consumer_id,
+                self.metrics.registry,
+                port=metrics_port,
+                host=metrics_host,
+                checks={
+                    "broker": lambda: (
+                        self.consumer.connected_event.is_set() and self.publisher.connected.is_set()
+                    ),
+                    "database": database_check(self.db.connection),
+                },
+            )
+        )
+
+    def _live_figures(self) -> Live:
+        d = self.delivery
+        return Live(
+            pending=self.inbox.pending(),
+            evaluated=self.engine.evaluated,
+            refused=dict(self.engine.refused),
+            notices_sent=d.sent_notices,
+            notices_refused=d.failed_notices,
+            gates_sent=d.sent_gates,
+            gates_refused=d.failed_gates,
+            redeliveries=self.consumer.redeliveries,
+            connects=self.consumer.connects,
+        )
 
     def start(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         self.publisher.start()
         self.delivery.start()
         if self.webhook:
@@ -137,6 +184,8 @@ class AlertService:
         self.delivery.stop()
         self.publisher.stop()
         self.db.close()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
 
     def __enter__(self) -> AlertService:
         self.start()
@@ -171,6 +220,7 @@ class AlertService:
             if not items:
                 continue
             attempt = 0
+            started = time.perf_counter()
             while True:
                 try:
                     with self.db.connection(autocommit=True) as conn:
@@ -179,6 +229,7 @@ class AlertService:
                 except psycopg.Error as exc:
                     delay = RETRY_S[min(attempt, len(RETRY_S) - 1)]
                     attempt += 1
+                    self.metrics.retries.inc()
                     log.warning(
                         "alert batch of %d not committed (%s); retry in %.1f s", len(items), exc, delay
                     )
@@ -188,6 +239,12 @@ class AlertService:
             self.consumer.ack(t for _, _, t in items)
             self.batches += 1
             self.messages += len(items)
+            self.metrics.batch(
+                messages=len(items),
+                decisions=result.decisions,
+                applied=len(result.applied),
+                seconds=time.perf_counter() - started,
+            )
             if result.notices:
                 self.delivery.wake()
             if self.webhook and result.applied:

@@ -130,3 +130,54 @@ def test_metrics_server_unknown_path_and_database_down() -> None:
         assert value(server.url, "microfleet_ready", check="database") == 0
     finally:
         server.stop()
+
+
+def test_alert_engine_serves_live_figures_and_readiness(broker: Mosquitto, dsn: str) -> None:
+    from datetime import UTC, datetime
+
+    from cloud.alerts.service import AlertService
+    from tests.cloud.test_alerts_engine_support import (
+        Clock,
+        FakeDevice,
+        Uplinks,
+        engine_config,
+        overuse_days,
+    )
+
+    noon = datetime(2024, 5, 10, 12, 0, tzinfo=UTC)
+    clock = Clock(noon)
+    device = FakeDevice(broker.url, "over-m", clock)
+    uplinks = Uplinks(broker.url)
+    svc = AlertService(engine_config(broker.url, dsn, "alerts-m1"), clock=clock, gate=False, metrics_port=0)
+    try:
+        svc.start()
+        assert svc.consumer.subscribed_event.wait(10) and svc.metrics_server is not None
+        base = svc.metrics_server.url
+        wait_until(lambda: ready(base)[0] == 200, 10, what="alert engine ready")
+        sessions = overuse_days("over-m", noon, range(-5, 1))  # O5: one notice to the device
+        uplinks.send(sessions)
+        uplinks.client.publish("mf/v1/over-m/up/event", b"{not json", qos=1).wait_for_publish(10)
+        device.wait(lambda d: len(d.notices) == 1)
+        wait_until(
+            lambda: value(base, "microfleet_alerts_notices_sent_total") == 1, 10, what="the notice counted"
+        )
+        wait_until(
+            # the sessions, the bad message, the device's NOTICE_SHOWN and NOTICE_ACK
+            lambda: value(base, "microfleet_alerts_messages_total") == len(sessions) + 3,
+            10,
+            what="every message counted",
+        )
+        figures = samples(base)
+        assert figures[("microfleet_alerts_refused_total", (("reason", "not_json"),))] == 1
+        assert figures[("microfleet_alerts_evaluated_total", ())] >= len(sessions)
+        assert figures[("microfleet_alerts_raised_total", ())] >= 1
+        assert figures[("microfleet_alerts_batch_messages_count", ())] >= 1
+        assert figures[("microfleet_alerts_notices_refused_total", ())] == 0
+
+        broker.stop()
+        wait_until(lambda: ready(base)[0] == 503, 10, what="not ready without the broker")
+        assert ready(base)[1]["failing"] == ["broker"]
+    finally:
+        svc.stop(leave=False)
+        uplinks.client.loop_stop()
+        device.client.loop_stop()
