@@ -36,6 +36,20 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+def stop_process(proc: subprocess.Popen[bytes], kill: bool = False, timeout_s: float = 30.0) -> None:
+    """SIGTERM (mosquitto saves its database on the way out) or SIGKILL (it loses what it queued since its
+    last autosave), and wait for it; one that does not stop within timeout_s is killed."""
+    if kill:
+        proc.kill()
+    else:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 @dataclass
 class Mosquitto:
     """A mosquitto process of our own, on a free port, with the project's configuration.
@@ -74,14 +88,9 @@ class Mosquitto:
         wait_port(self.port)
 
     def stop(self, kill: bool = False) -> None:
-        if self.proc is None:
-            return
-        if kill:
-            self.proc.kill()
-        else:
-            self.proc.terminate()
-        self.proc.wait(timeout=10)
-        self.proc = None
+        if self.proc is not None:
+            stop_process(self.proc, kill)
+            self.proc = None
 
     def close(self) -> None:
         self.stop()

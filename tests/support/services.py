@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from cli.localbroker import MOSQUITTO_CONF, ROOT, Mosquitto, free_port, wait_port
+from cli.localbroker import MOSQUITTO_CONF, ROOT, Mosquitto, free_port, stop_process, wait_port
 
 __all__ = [
     "MOSQUITTO_CONF",
@@ -280,18 +280,9 @@ class ProductionBroker:
     def stop(self, kill: bool = False) -> None:
         """SIGTERM (mosquitto saves its database on the way out) or SIGKILL (it loses what it queued
         since its last autosave)."""
-        if self.proc is None:
-            return
-        if kill:
-            self.proc.kill()
-        else:
-            self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.proc = None
+        if self.proc is not None:
+            stop_process(self.proc, kill)
+            self.proc = None
 
     def close(self) -> None:
         self.stop()
