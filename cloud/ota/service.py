@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +33,9 @@ from psycopg import AsyncConnection
 
 from cloud.ota import store
 from cloud.ota.artifacts import release_by_id
-from cloud.ota.rollout import Advance, Complete, Dispatch, GateMet, Pause, decide
+from cloud.ota.metrics import OtaMetrics
+from cloud.ota.rollout import Advance, Complete, Dispatch, GateMet, Pause, WaveCounts, decide
+from cloud.runtime.metrics import MetricsServer, dsn_check
 from cloud.runtime.publisher import Outgoing, Publisher
 from contract import topics
 from contract.codec import encode
@@ -58,11 +61,35 @@ class OtaServiceConfig:
 
 
 class OtaService:
-    def __init__(self, config: OtaServiceConfig, *, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        config: OtaServiceConfig,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+    ) -> None:
+        """metrics_port: serve /metrics, /healthz and /readyz there while run() runs (0: any free port)."""
         self.config = config
         self.clock = clock
         self._publisher: Publisher | None = None
         self.subscribed = asyncio.Event()  # connected to the broker: jobs can be published
+        self.metrics = OtaMetrics()
+        self.metrics_server = (
+            None
+            if metrics_port is None
+            else MetricsServer(
+                f"ota-{config.group}",
+                self.metrics.registry,
+                port=metrics_port,
+                host=metrics_host,
+                checks={"broker": self._broker_connected, "database": dsn_check(config.database_url)},
+            )
+        )
+
+    def _broker_connected(self) -> bool:
+        publisher = self._publisher
+        return publisher is not None and publisher.connected.is_set()
 
     # -- MQTT ----------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -73,6 +100,8 @@ class OtaService:
             ca_file=self.config.mqtt_ca_file,
             inflight=PUBLISH_WINDOW,
         )
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         publisher.start()
         self._publisher = publisher
         try:
@@ -85,18 +114,25 @@ class OtaService:
             self._publisher = None
             self.subscribed.clear()
             await asyncio.to_thread(publisher.stop)
+            if self.metrics_server is not None:
+                await asyncio.to_thread(self.metrics_server.stop)
 
     async def _ticker(self) -> None:
         async with await AsyncConnection.connect(self.config.database_url, autocommit=True) as conn:
             while True:
+                started = time.perf_counter()
                 try:
                     await self.tick(conn)
                 except Exception:  # one bad tick must not stop the service; the next one retries
+                    self.metrics.tick_failures.inc()
                     log.exception("OTA tick failed")
+                self.metrics.ticks.inc()
+                self.metrics.tick_seconds.observe(time.perf_counter() - started)
                 await asyncio.sleep(self.config.tick_s)
 
     # -- decisions -----------------------------------------------------------------------------------
     async def tick(self, conn: AsyncConnection[Any]) -> None:
+        active: list[tuple[int, int, list[WaveCounts]]] = []
         for rollout_id in await store.active_rollouts(conn):
             r = await store.get_rollout(conn, rollout_id)
             if r.view.status == "cancelling":
@@ -104,7 +140,9 @@ class OtaService:
                 continue
             now = self.clock()
             await self._expire(conn, r, now)
-            for d in decide(r.plan, r.view, await store.counts(conn, rollout_id), now):
+            counts = await store.counts(conn, rollout_id)
+            active.append((rollout_id, r.view.wave, counts))
+            for d in decide(r.plan, r.view, counts, now):
                 if isinstance(d, Dispatch):
                     await self._dispatch(conn, r, d.wave, d.count, now)
                 elif isinstance(d, GateMet):
@@ -117,6 +155,8 @@ class OtaService:
                     await self._update(conn, rollout_id, "status = 'paused', status_reason = %s", d.reason)
                 elif isinstance(d, Complete):
                     await self._update(conn, rollout_id, "status = 'completed'", None)
+        cur = await conn.execute("SELECT status, count(*) FROM ota_rollouts GROUP BY status")
+        self.metrics.progress({str(s): int(n) for s, n in await cur.fetchall()}, active)
 
     @staticmethod
     async def _expire(conn: AsyncConnection[Any], r: store.Rollout, now: datetime) -> None:
@@ -209,6 +249,9 @@ class OtaService:
         ]
         outcomes = await asyncio.to_thread(publisher.publish_many, messages, PUBACK_TIMEOUT_S)
         taken = [o.accepted for o in outcomes]
+        action = jobs[0][1].action.value
+        self.metrics.published.labels(action=action, outcome="sent").inc(taken.count(True))
+        self.metrics.published.labels(action=action, outcome="refused").inc(taken.count(False))
         if not all(taken):
             first = next(o for o in outcomes if not o.accepted)
             log.warning(

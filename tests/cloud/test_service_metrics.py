@@ -7,6 +7,7 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -181,3 +182,62 @@ def test_alert_engine_serves_live_figures_and_readiness(broker: Mosquitto, dsn: 
         svc.stop(leave=False)
         uplinks.client.loop_stop()
         device.client.loop_stop()
+
+
+async def test_ota_service_serves_rollout_progress_and_readiness(
+    broker: Mosquitto, dsn: str, tmp_path: Path
+) -> None:
+    import asyncio
+    from datetime import UTC, datetime
+
+    from psycopg import AsyncConnection
+
+    from cloud.ota import store
+    from cloud.ota.artifacts import add_release
+    from cloud.ota.rollout import RolloutPlan
+    from cloud.ota.service import OtaService, OtaServiceConfig
+    from tests.cloud.test_ota_rollout import KEY, TRUST, background, seed
+
+    src = tmp_path / "fw.bin"
+    src.write_bytes(b"firmware" * 100)
+    art = tmp_path / "store"
+    now = datetime.now(UTC)
+    plan = RolloutPlan(percents=(100,), soak_s=0)
+    async with await AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await seed(conn, ["m-1", "m-2", "m-3"])
+        await add_release(
+            conn, art, src, version="1.1.0", version_code=2, models=("mf-home-1",), key=KEY, now=now
+        )
+        rid = await store.create_rollout(
+            conn, "1.1.0", store.Targets(), plan, store=art, trust=TRUST, now=now
+        )
+    service = OtaService(
+        OtaServiceConfig(dsn, broker.url, "http://127.0.0.1:1/a", tick_s=0.05), metrics_port=0
+    )
+    async with background(service.run()):
+        async with asyncio.timeout(10):
+            await service.subscribed.wait()
+        assert service.metrics_server is not None
+        base = service.metrics_server.url
+
+        def progressed() -> bool:
+            f = samples(base)
+            return (
+                f.get(("microfleet_ota_rollout_jobs", (("rollout", str(rid)), ("state", "sent")))) == 3
+                and f.get(
+                    ("microfleet_ota_jobs_published_total", (("action", "install"), ("outcome", "sent")))
+                )
+                == 3
+            )
+
+        await asyncio.to_thread(wait_until, progressed, 10, what="the rollout's progress")
+        figures = await asyncio.to_thread(samples, base)
+        assert figures[("microfleet_ota_rollouts", (("status", "running"),))] == 1
+        assert figures[("microfleet_ota_rollout_wave", (("rollout", str(rid)),))] == 0
+        assert figures[("microfleet_ota_ticks_total", ())] >= 1
+        assert (await asyncio.to_thread(ready, base))[0] == 200
+        broker.stop()
+        await asyncio.to_thread(
+            wait_until, lambda: ready(base)[0] == 503, 10, what="not ready without the broker"
+        )
+        assert (await asyncio.to_thread(ready, base))[1]["failing"] == ["broker"]
