@@ -57,7 +57,9 @@ def list_(
     ] = "live",
     device: Annotated[str | None, typer.Option(help="Only this device.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10000)] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON array of alerts on stdout (and nothing else).")
+    ] = False,
 ) -> None:
     """List alerts, newest first."""
     from cloud.alerts.queries import list_alerts
@@ -65,14 +67,14 @@ def list_(
 
     with connect(_cfg().database_url) as conn:
         rows = list_alerts(conn, state=state, device_id=device, limit=limit)
+    if as_json:
+        typer.echo(json.dumps(rows, default=str))
+        return
     for r in rows:
-        if as_json:
-            typer.echo(json.dumps(r, default=str))
-        else:
-            typer.echo(
-                f"{r['id']:>6} {r['state']:<12} {r['severity']:<8} {r['rule_id']:<3} {r['device_id']} "
-                f"[{r['episode_key']}] x{r['count']} last {r['last_seen']:%Y-%m-%d %H:%M} {r['message']}"
-            )
+        typer.echo(
+            f"{r['id']:>6} {r['state']:<12} {r['severity']:<8} {r['rule_id']:<3} {r['device_id']} "
+            f"[{r['episode_key']}] x{r['count']} last {r['last_seen']:%Y-%m-%d %H:%M} {r['message']}"
+        )
     if not rows:
         typer.echo("no alerts match", err=True)
 
@@ -163,25 +165,41 @@ def override(
     ] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Remove every override of the device.")] = False,
     reason: Reason = "",
+    confirm: Annotated[
+        bool,
+        typer.Option(
+            "--confirm-weaken-critical",
+            help="Needed (with --reason) to disable or loosen a safety-critical rule: O1, T6, T7, C1.",
+        ),
+    ] = False,
 ) -> None:
-    """Override rule parameters for one device (merged into its current overrides), or clear them."""
-    from cloud.alerts.overrides import DELETE, UPSERT, OverrideError, merge, validate
+    """Override rule parameters for one device (merged into its current overrides), or clear them.
+
+    Overrides stay within the model's hard limits (hw.max_ua, auto-off, ...) and keep warnings under
+    their alert levels; weakening a safety-critical rule needs --confirm-weaken-critical and --reason.
+    Every change is recorded in the audit trail (alert_override_changes)."""
+    from cloud.alerts.overrides import AUDIT, DELETE, UPSERT, OverrideError, audit_row, merge, review
     from cloud.db.pool import connect
 
     if clear == bool(set_):
         typer.echo("error: give --set section.parameter=value (one or more) or --clear", err=True)
         raise typer.Exit(2)
+    now = datetime.now(UTC)
     with connect(_cfg().database_url) as conn, conn.transaction():
         row, current = _device_params(conn, device)
         if clear:
             conn.execute(DELETE, (device,))
+            conn.execute(AUDIT, audit_row(device, now, by, reason, current.overrides, {}, None))
             typer.echo(f"{device}: overrides cleared")
             return
         try:
             wanted = merge(current.overrides, set_ or [])
-            validate(row, wanted)
+            checked = review(row, current.overrides, wanted, confirm, reason)
         except OverrideError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-        conn.execute(UPSERT, (device, json.dumps(wanted), reason, datetime.now(UTC), by))
+        conn.execute(UPSERT, (device, json.dumps(wanted), reason, now, by))
+        conn.execute(AUDIT, audit_row(device, now, by, reason, current.overrides, wanted, checked))
+    for w in checked.weakened:
+        typer.echo(f"WEAKENED {w} (confirmed by {by}: {reason})", err=True)
     typer.echo(f"{device}: overrides now {json.dumps(wanted)}")

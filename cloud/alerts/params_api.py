@@ -1,5 +1,6 @@
 """HTTP routes for a device's alert-rule parameters: read the effective set (viewers), replace or clear
-the device's overrides (operators). The validation and SQL are cloud/alerts/overrides.py, as for the CLI."""
+the device's overrides (operators). The checks (hard limits, severity order, confirmed weakening of a
+safety-critical rule), the audit and the SQL are cloud/alerts/overrides.py, as for the CLI."""
 
 from __future__ import annotations
 
@@ -10,7 +11,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel, Field
 
-from cloud.alerts.overrides import DELETE, GET, UPSERT, OverrideError, describe, validate
+from cloud.alerts.overrides import (
+    AUDIT,
+    DELETE,
+    GET,
+    UPSERT,
+    NeedsConfirmation,
+    OverrideError,
+    audit_row,
+    describe,
+    review,
+)
 from cloud.api.deps import AUTH_ERRORS, Conn, Operator, Viewer, problems
 
 router = APIRouter(prefix="/devices", tags=["alerts"], responses=AUTH_ERRORS)
@@ -22,6 +33,11 @@ class OverridesIn(BaseModel):
         description='Per section ("hw" or a rule id), the parameters to change, e.g. {"o2": {"warn_daily_s": 900}}.'
     )
     reason: str = Field(default="", max_length=500, description="Why (kept with the overrides).")
+    confirm_weaken_critical: bool = Field(
+        default=False,
+        description="Needed, with a reason, to disable or loosen a safety-critical rule (O1, T6, T7, C1); "
+        "without it such a change is refused with 409. Every change is audited.",
+    )
 
 
 async def _row(conn: Any, device_id: str) -> tuple[Any, ...]:
@@ -43,17 +59,24 @@ async def get_params(conn: Conn, _who: Viewer, device_id: DeviceId) -> dict[str,
 @router.put(
     "/{device_id}/alert-overrides",
     summary="Replace the device's overrides of rule parameters (validated against its model and protocol)",
-    responses=problems(400, 404),
+    description="400: malformed, outside the model's hard limits, or a warning above its alert level. "
+    "409: weakens a safety-critical rule without `confirm_weaken_critical` and a `reason`.",
+    responses=problems(400, 404, 409),
 )
 async def put_overrides(conn: Conn, who: Operator, device_id: DeviceId, body: OverridesIn) -> dict[str, Any]:
+    now = datetime.now(UTC)
     async with conn.transaction():
         row = await _row(conn, device_id)
+        current = describe(row).overrides
         try:
-            validate(row, body.overrides)
+            checked = review(row, current, body.overrides, body.confirm_weaken_critical, body.reason)
+        except NeedsConfirmation as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
         except OverrideError as exc:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+        await conn.execute(UPSERT, (device_id, json.dumps(body.overrides), body.reason, now, who.name))
         await conn.execute(
-            UPSERT, (device_id, json.dumps(body.overrides), body.reason, datetime.now(UTC), who.name)
+            AUDIT, audit_row(device_id, now, who.name, body.reason, current, body.overrides, checked)
         )
     return describe(await _row(conn, device_id)).to_dict()
 
@@ -63,7 +86,9 @@ async def put_overrides(conn: Conn, who: Operator, device_id: DeviceId, body: Ov
     summary="Remove the device's overrides: back to its model's and protocol's parameters",
     responses=problems(404),
 )
-async def delete_overrides(conn: Conn, _who: Operator, device_id: DeviceId) -> dict[str, Any]:
-    await _row(conn, device_id)
-    await conn.execute(DELETE, (device_id,))
+async def delete_overrides(conn: Conn, who: Operator, device_id: DeviceId) -> dict[str, Any]:
+    async with conn.transaction():
+        current = describe(await _row(conn, device_id)).overrides
+        await conn.execute(DELETE, (device_id,))
+        await conn.execute(AUDIT, audit_row(device_id, datetime.now(UTC), who.name, "", current, {}, None))
     return describe(await _row(conn, device_id)).to_dict()
