@@ -1,5 +1,6 @@
-"""Prometheus metrics of the API: request counters and latency (an ASGI middleware), and gauges read from
-the database at scrape time (quarantine rows by reason, ingest lag, rows per table).
+"""Prometheus metrics of the API: request counters and latency (an ASGI middleware), protocol publishes and
+the downlinks they sent (counted by cloud/protocols/api.py), and gauges read from the database at scrape
+time (quarantine rows by reason, ingest lag, rows per table).
 
 Each app has its own registry, so several apps (tests) never collide. The database gauges are refreshed at
 most once per `min_refresh_s`, so frequent scrapes cost the database one round of cheap queries.
@@ -73,6 +74,18 @@ class ApiMetrics:
         self.rows = Gauge(
             "microfleet_table_rows_estimate", "Planner row estimate per relation", ["relation"], registry=r
         )
+        self.protocol_publishes = Counter(
+            "microfleet_protocol_publishes",
+            "Protocol publishes through the API, by outcome (sent, refused: hard limits, conflict, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.protocol_messages = Counter(
+            "microfleet_protocol_pushes",
+            "Protocol downlinks to devices: sent (the broker took them) or refused",
+            ["outcome"],
+            registry=r,
+        )
         self.db_errors = Counter(
             "microfleet_api_metrics_db_errors", "Scrapes whose database gauges could not be read", registry=r
         )
@@ -108,6 +121,14 @@ class ApiMetrics:
             self.last_stored.set(float(lag[1]))
         for relation, estimate in rows:
             self.rows.labels(relation=str(relation)).set(int(estimate))
+
+    def protocol_published(self, outcome: str, sent: int = 0, refused: int = 0) -> None:
+        """One protocol publish (POST /protocols) and the downlinks it sent."""
+        self.protocol_publishes.labels(outcome=outcome).inc()
+        if sent:
+            self.protocol_messages.labels(outcome="sent").inc(sent)
+        if refused:
+            self.protocol_messages.labels(outcome="refused").inc(refused)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -140,6 +140,7 @@ async def publish_protocol(request: Request, conn: Conn, who: Operator, body: Pu
             f"overriding a safety gate needs the admin role; token {who.name!r} has {who.role.value}",
         )
     key = _key(request)
+    metrics = request.app.state.metrics
     try:
         result = await publish(
             conn,
@@ -152,12 +153,16 @@ async def publish_protocol(request: Request, conn: Conn, who: Operator, body: Pu
             override_gate=body.override_safety_gate,
         )
     except Refused as exc:
+        metrics.protocol_published("refused")
         raise _refusal(exc) from None
     except (store.VersionConflict, GateBlocked) as exc:
+        metrics.protocol_published("conflict")
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except PublishError as exc:
+        metrics.protocol_published("failed")
         code = status.HTTP_404_NOT_FOUND if "no device matches" in str(exc) else status.HTTP_502_BAD_GATEWAY
         raise HTTPException(code, str(exc)) from None
+    metrics.protocol_published("sent", result.sent, result.refused)  # the API's /metrics
     return PublishOut(**msgspec.to_builtins(result))
 
 
