@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from cloud.alerts import api as alerts_api
 from cloud.alerts import params_api as alert_params_api
 from cloud.api.metrics import ApiMetrics, MetricsMiddleware
-from cloud.api.routers import credentials, devices, health, quarantine, sessions, tokens, usage
+from cloud.api.routers import credentials, devices, health, quarantine, sessions, tags, tokens, usage
 from cloud.config import CloudConfig
 from cloud.db.migrate import read_files
 from cloud.db.pool import describe
@@ -86,6 +86,7 @@ def create_app(
     for module in (
         health,
         devices,
+        tags,
         credentials,
         sessions,
         usage,

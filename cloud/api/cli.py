@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
@@ -72,7 +73,12 @@ def token_create(
 
 
 @token_app.command("list")
-def token_list(database_url: DsnOption = None) -> None:
+def token_list(
+    database_url: DsnOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON array on stdout (and nothing else).")
+    ] = False,
+) -> None:
     """Every token: id, name, role, created, revoked (never the token itself)."""
     from cloud.api import tokens
     from cloud.db.pool import DatabaseUnreachable, connect
@@ -82,6 +88,10 @@ def token_list(database_url: DsnOption = None) -> None:
             rows = conn.execute(tokens.LIST).fetchall()
     except DatabaseUnreachable as exc:
         raise _fail(str(exc)) from None
+    if as_json:
+        keys = ("token_id", "name", "role", "created_at", "revoked_at")
+        typer.echo(json.dumps([dict(zip(keys, r, strict=True)) for r in rows], default=str))
+        return
     for token_id, name, role, created_at, revoked_at in rows:
         revoked = f"revoked {revoked_at.isoformat()}" if revoked_at else "active"
         typer.echo(f"{token_id}\t{name}\t{role}\t{created_at.isoformat()}\t{revoked}")

@@ -141,6 +141,7 @@ class Device(BaseModel):
 class DeviceDetail(Device):
     profile: Profile | None
 
+    tags: list[str] = Field(default=[], description="fleet groups (devices.tags): rollouts and protocols target them")
 
 class DevicePage(BaseModel):
     items: list[Device]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
     from cloud.identity.dynsec import DynsecClient
 
 devices_app = typer.Typer(
-    no_args_is_help=True, help="Device identities on the broker: provision, revoke, list."
+    no_args_is_help=True,
+    help="Devices: list and filter them, tag them (fleet groups), and their broker identities.",
 )
 broker_app = typer.Typer(no_args_is_help=True, help="Broker security: roles and service identities.")
 pki_app = typer.Typer(no_args_is_help=True, help="The project CA and the broker's TLS certificate.")
@@ -141,13 +143,143 @@ def revoke_device(device_id: str) -> None:
     console.print(f"[yellow]{device_id} revoked[/]")
 
 
-@devices_app.command("list")
-def list_devices() -> None:
-    """Identities known to the broker."""
+@devices_app.command("identities")
+def list_identities(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON array on stdout (and nothing else).")
+    ] = False,
+) -> None:
+    """Identities known to the broker (devices and services)."""
     _config, admin = _admin()
     with admin:
-        for name in admin.list_clients():
-            typer.echo(name)
+        names = list(admin.list_clients())
+    if as_json:
+        typer.echo(json.dumps(names))
+        return
+    for name in names:
+        typer.echo(name)
+
+
+def _since(text: str | None) -> datetime | None:
+    from cloud.ingest.quarantine_cli import parse_since
+
+    return None if text is None else parse_since(text, datetime.now(UTC))
+
+
+def _database() -> Any:
+    from cloud.db.pool import DatabaseUnreachable, connect
+
+    try:
+        return connect(CloudConfig.from_env().database_url, autocommit=True)
+    except DatabaseUnreachable as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+
+
+@devices_app.command("list")
+def list_devices(
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", help="Has this tag (repeat: all of them).")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="This model.")] = None,
+    fw: Annotated[str | None, typer.Option("--fw", help="Running this firmware version.")] = None,
+    protocol: Annotated[str | None, typer.Option(help="Running this protocol id.")] = None,
+    protocol_version: Annotated[int | None, typer.Option(help="... at this version.")] = None,
+    state: Annotated[str | None, typer.Option(help="online or offline.")] = None,
+    seen_since: Annotated[
+        str | None, typer.Option(help="Last seen since: ISO time or age (30m, 6h, 2d).")
+    ] = None,
+    seen_before: Annotated[
+        str | None, typer.Option(help="Last seen before: ISO time or age (devices never seen left out).")
+    ] = None,
+    battery_below: Annotated[
+        float | None, typer.Option(min=0, max=100, help="Battery percent below.")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(min=1, max=100000, help="At most this many, in device id order.")
+    ] = 1000,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON array on stdout (and nothing else).")
+    ] = False,
+) -> None:
+    """Devices in the database, filtered (every filter given must hold); `GET /devices` takes the same."""
+    from psycopg.rows import dict_row
+
+    from cloud.identity.fleet import FILTERS, DeviceFilter, TagError, check_tag
+
+    try:
+        tags = tuple(check_tag(t) for t in tag or ())
+    except TagError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    wanted = DeviceFilter(
+        model,
+        fw,
+        state,
+        tags,
+        protocol,
+        protocol_version,
+        _since(seen_since),
+        _since(seen_before),
+        battery_below,
+    )
+    query = (
+        "select d.device_id, d.model, d.hw_rev, d.fw_version, d.protocol_id, d.protocol_version, d.state, "
+        "d.last_seen, d.battery_pct, d.tags from devices d "
+        f"where {FILTERS} order by d.device_id limit %(limit)s"
+    )
+    with _database() as conn:
+        rows = conn.cursor(row_factory=dict_row).execute(query.encode(), wanted.params(limit)).fetchall()
+    if as_json:
+        typer.echo(json.dumps(rows, default=str))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} device(s)")
+    for col in ("device", "model", "hw", "firmware", "protocol", "state", "last seen", "battery", "tags"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        proto = f"{r['protocol_id']} v{r['protocol_version']}" if r["protocol_id"] else "-"
+        seen = f"{r['last_seen']:%Y-%m-%d %H:%M}" if r["last_seen"] else "never"
+        battery = "-" if r["battery_pct"] is None else f"{r['battery_pct']:.0f}%"
+        table.add_row(
+            r["device_id"], r["model"] or "-", r["hw_rev"] or "-", r["fw_version"] or "-", proto,
+            r["state"] or "-", seen, battery, ",".join(r["tags"]),
+        )  # fmt: skip
+    Console().print(table)
+
+
+@devices_app.command("tag")
+def tag_device(
+    device_id: str,
+    add: Annotated[list[str] | None, typer.Option("--add", help="Add this tag (repeatable).")] = None,
+    remove: Annotated[
+        list[str] | None, typer.Option("--remove", help="Remove this tag (repeatable).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The device's tags as one JSON object.")] = False,
+) -> None:
+    """Add or remove a device's tags (its fleet groups: `ota rollout create --tag`, `protocol publish
+    --to-tag` and `devices list --tag` select by them). Prints the tags it has then."""
+    from cloud.identity.fleet import ADD_TAGS, GET_TAGS, REMOVE_TAGS, TagError, check_tag
+
+    try:
+        plus = [check_tag(t) for t in add or ()]
+        minus = [check_tag(t) for t in remove or ()]
+    except TagError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    with _database() as conn, conn.transaction():
+        row = conn.execute(GET_TAGS, (device_id,)).fetchone()
+        if plus:
+            row = conn.execute(ADD_TAGS, (plus, device_id)).fetchone()
+        if minus:
+            row = conn.execute(REMOVE_TAGS, (minus, device_id)).fetchone()
+    if row is None:
+        console.print(f"[red]no device {device_id!r}: it appears when it connects or is registered[/]")
+        raise typer.Exit(1)
+    tags = sorted(row[0])
+    if as_json:
+        typer.echo(json.dumps({"device_id": device_id, "tags": tags}))
+    else:
+        typer.echo(f"{device_id}: {', '.join(tags) or 'no tags'}")
 
 
 @pki_app.command("init")

@@ -49,7 +49,9 @@ def list_cmd(
     device: Device = None,
     since: Annotated[str | None, typer.Option(help="Received since: ISO time or age (6h, 2d).")] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many rows, newest first.")] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON array on stdout (and nothing else).")
+    ] = False,
     database_url: Url = None,
 ) -> None:
     """List quarantined messages, newest first, with why they were refused and any replay result."""
@@ -64,8 +66,7 @@ def list_cmd(
         found = list_rows(conn, sel, limit=limit)
         total = count(conn, sel)
     if as_json:
-        for r in found:
-            typer.echo(json.dumps(r.as_json()))
+        typer.echo(json.dumps([r.as_json() for r in found]))
         return
     table = Table(title=f"quarantine: {len(found)} of {total} matching rows")
     for col in ("id", "received", "reason", "device", "kind", "bytes", "detail", "replay"):

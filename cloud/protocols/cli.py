@@ -146,14 +146,21 @@ def publish_cmd(
 
 
 @app.command("list")
-def list_cmd(protocol_id: str | None = typer.Argument(None)) -> None:
+def list_cmd(
+    protocol_id: str | None = typer.Argument(None),
+    as_json: bool = typer.Option(False, "--json", help="One JSON array on stdout (and nothing else)."),
+) -> None:
     """Published versions, newest first, with how many devices want each."""
     from cloud.protocols import store
 
     async def run() -> None:
         async with await _connect(CloudConfig.from_env()) as conn:
-            for s in await store.list_versions(conn, protocol_id):
-                typer.echo(
+            versions = await store.list_versions(conn, protocol_id)
+        if as_json:
+            typer.echo(json.dumps([msgspec.to_builtins(v) for v in versions], default=str))
+            return
+        for s in versions:
+            typer.echo(
                     f"{s.protocol_id} v{s.version}  {s.published_at:%Y-%m-%d %H:%M}Z  by {s.published_by or '-'}  "
                     f"key {s.key_id}  assigned {s.assigned}"
                 )
@@ -162,7 +169,13 @@ def list_cmd(protocol_id: str | None = typer.Argument(None)) -> None:
 
 
 @app.command("show")
-def show(protocol_id: str, version: int | None = typer.Option(None, help="default: the latest")) -> None:
+def show(
+    protocol_id: str,
+    version: int | None = typer.Option(None, help="default: the latest"),
+    as_json: bool = typer.Option(
+        False, "--json", help="Compact: one line of JSON (the output is one JSON document either way)."
+    ),
+) -> None:
     """The stored protocol document (JSON) with who published it and the signing key."""
     from cloud.protocols import store
 
@@ -178,7 +191,7 @@ def show(protocol_id: str, version: int | None = typer.Option(None, help="defaul
             "published_at": found.published_at.isoformat(),
             "published_by": found.published_by,
         }
-        typer.echo(json.dumps(out, indent=2))
+        typer.echo(json.dumps(out) if as_json else json.dumps(out, indent=2))
 
     asyncio.run(run())
 
@@ -187,7 +200,7 @@ def show(protocol_id: str, version: int | None = typer.Option(None, help="defaul
 def status(
     protocol_id: str,
     version: int | None = typer.Option(None, help="default: the latest"),
-    as_json: bool = typer.Option(False, "--json", help="one JSON object"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout (and nothing else)."),
 ) -> None:
     """Desired vs reported: converged, rejected and pending devices for a protocol version."""
     from cloud.protocols import store

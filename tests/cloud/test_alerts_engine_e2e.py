@@ -86,7 +86,7 @@ def test_overuse_raised_once_delivered_acked_and_cleared(
         )
         assert out.exit_code == 0, out.output
         listed = CliRunner().invoke(alerts_cli, ["list", "--json"])
-        assert json.loads(listed.output.splitlines()[0])["state"] == "acknowledged"
+        assert json.loads(listed.stdout)[0]["state"] == "acknowledged"
 
         clock.advance(timedelta(days=4))  # 4 days of use in the last 7: below the limit minus the margin
         uplinks.send(overuse_days("over-1", NOON, range(4, 5)))

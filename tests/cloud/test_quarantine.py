@@ -57,7 +57,8 @@ def run(*args: str) -> tuple[int, str]:
 def listed(dsn: str, *args: str) -> list[dict[str, object]]:
     code, out = run("list", "--json", "--database-url", dsn, *args)
     assert code == 0, out
-    return [json.loads(line) for line in out.splitlines()]
+    rows: list[dict[str, object]] = json.loads(out)  # one JSON array
+    return rows
 
 
 def one(dsn: str, sql: str) -> object:
