@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.table import Table
 
 from edge.config import DEFAULT_MQTT_URL
+from edge.protocols import TrustFileError, load_trust
 from simulators.fleet import Fleet, FleetConfig, FleetStats
 from simulators.scenario import Scenario, ScenarioError, load_scenario
 from simulators.slicing import replica_number, replica_slice
@@ -90,6 +91,14 @@ def sim(
             help="committed: outboxes empty on the cloud's commit marks (needs ingest); broker: on PUBACK.",
         ),
     ] = "committed",
+    trusted_keys: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="MICROFLEET_EDGE_TRUSTED_KEYS",
+            help="JSON of the signing keys every agent trusts (`microfleet keys generate`); default: the "
+            "scenario's `trusted_keys`. Without one, signed protocols and firmware are rejected.",
+        ),
+    ] = None,
 ) -> None:
     """Run the scenario's devices (this replica's slice) and print what they did."""
     try:
@@ -110,7 +119,17 @@ def sim(
         console.print(f"[yellow]open-files limit {soft} is below {len(part)} devices: raise `ulimit -n`[/]")
     if ack not in ("committed", "broker"):
         raise typer.BadParameter(f"--ack must be committed or broker, got {ack!r}")
-    config = FleetConfig(sc, mqtt_url, data_dir, device_range=part, extra={"ack_mode": ack})
+    config = FleetConfig(
+        sc, mqtt_url, data_dir, device_range=part, extra={"ack_mode": ack}, trusted_keys_file=trusted_keys
+    )
+    if config.trusted_keys is None:
+        console.print("[yellow]no trusted keys: the agents reject every signed protocol and firmware[/]")
+    else:
+        try:
+            n = len(load_trust(config.trusted_keys).key_ids)
+        except TrustFileError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        console.print(f"agents trust {n} key(s) from {config.trusted_keys}")
     final = asyncio.run(_run(config, ramp))
     if final.outbox_depth:
         console.print(

@@ -50,6 +50,12 @@ class FleetConfig:
     clock_skew_s: dict[int, float] = field(default_factory=dict)  # device index -> offset (fault)
     flaps: bool = True  # drop the links of personas with flaps_per_day (connectivity_challenged)
     extra: dict[str, object] = field(default_factory=dict)  # more EdgeConfig fields for every agent
+    # the signing keys every agent trusts (protocols, firmware); None: the scenario's `trusted_keys`
+    trusted_keys_file: Path | None = None
+
+    @property
+    def trusted_keys(self) -> Path | None:
+        return self.trusted_keys_file if self.trusted_keys_file is not None else self.scenario.trusted_keys
 
     @property
     def indices(self) -> range:
@@ -120,6 +126,7 @@ class Fleet:
             "reconnect_max_s": c.reconnect_max_s,
             "keepalive_s": c.keepalive_s,
             "outbox_file": self._outbox_file.path if self._outbox_file else None,
+            "trusted_keys_file": c.trusted_keys,
             **c.extra,
         }
         return EdgeConfig(**values)  # type: ignore[arg-type]

@@ -8,6 +8,8 @@
     start = "2025-01-06"      # optional, local midnight of day 0 (UTC); default: `days` before today
     id_prefix = "sim"
     samples_per_batch = 600   # edge setting for every agent
+    trusted_keys = "keys.json"  # optional: the signing keys every agent trusts (relative to this file);
+                              # MICROFLEET_EDGE_TRUSTED_KEYS / `microfleet sim --trusted-keys` win over it
 
     [personas]                # weights (any positive numbers)
     compliant_starter = 4
@@ -32,7 +34,7 @@ from typing import Any
 from simulators.persona import PERSONAS, Persona
 
 _KEYS = {"name", "seed", "devices", "days", "speed", "start", "id_prefix", "samples_per_batch", "personas"}
-_KEYS |= {"overrides"}
+_KEYS |= {"overrides", "trusted_keys"}
 _OVERRIDABLE = {
     f.name: f.type for f in dataclasses.fields(Persona) if f.name not in {"name", "expected", "zones"}
 }
@@ -54,6 +56,7 @@ class Scenario:
     samples_per_batch: int = 10
     weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PERSONAS, 1.0))
     personas: dict[str, Persona] = field(default_factory=lambda: dict(PERSONAS))
+    trusted_keys: Path | None = None  # JSON of the Ed25519 keys the agents trust (None: none, all rejected)
 
     def start_at(self, today: date | None = None) -> datetime:
         """Midnight (UTC) of simulated day 0: `start`, or `days` before today so the run ends now."""
@@ -103,7 +106,8 @@ def _persona_overrides(name: str, raw: object, base: Persona) -> Persona:
         raise ScenarioError(f"[overrides.{name}]: {exc}") from None
 
 
-def parse_scenario(text: str, *, source: str = "scenario") -> Scenario:
+def parse_scenario(text: str, *, source: str = "scenario", base_dir: Path | None = None) -> Scenario:
+    """`base_dir`: where a relative `trusted_keys` path is resolved (the scenario file's folder)."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -137,6 +141,9 @@ def parse_scenario(text: str, *, source: str = "scenario") -> Scenario:
     name = raw.get("name", "scenario")
     prefix = raw.get("id_prefix", "sim")
     _need(isinstance(name, str) and isinstance(prefix, str), "`name` and `id_prefix` must be strings")
+    keys = raw.get("trusted_keys")
+    _need(keys is None or isinstance(keys, str), "`trusted_keys` must be a path (a string)")
+    trusted = None if keys is None else (base_dir or Path.cwd()) / Path(str(keys)).expanduser()
     spb = _number(raw, "samples_per_batch", int, 10, low=1)
     _need(spb <= 600, f"`samples_per_batch` must be <= 600, got {spb}")
     return Scenario(
@@ -150,6 +157,7 @@ def parse_scenario(text: str, *, source: str = "scenario") -> Scenario:
         samples_per_batch=spb,
         weights=weights,
         personas=personas,
+        trusted_keys=trusted,
     )
 
 
@@ -158,4 +166,4 @@ def load_scenario(path: Path) -> Scenario:
         text = path.read_text()
     except OSError as exc:
         raise ScenarioError(f"cannot read scenario {path}: {exc.strerror}") from None
-    return parse_scenario(text, source=str(path))
+    return parse_scenario(text, source=str(path), base_dir=path.parent)
