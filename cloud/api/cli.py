@@ -54,6 +54,14 @@ def token_create(
         Role, typer.Option(help="viewer reads; operator acts on alerts/rollouts; admin manages.")
     ],
     database_url: DsnOption = None,
+    health_data: Annotated[
+        bool,
+        typer.Option(
+            "--health-data",
+            help="Also grant reading devices' health data (contraindications, notes); no role implies it. "
+            "Every read is audited in health_data_reads.",
+        ),
+    ] = False,
 ) -> None:
     """Create a token and print it once on stdout (only its SHA-256 is stored)."""
     import psycopg
@@ -63,12 +71,13 @@ def token_create(
 
     try:
         with connect(_config(database_url).database_url) as conn:
-            token, token_id = tokens.create_sync(conn, name, role)
+            token, token_id = tokens.create_sync(conn, name, role, health_data)
     except DatabaseUnreachable as exc:
         raise _fail(str(exc)) from None
     except psycopg.errors.UndefinedTable:
         raise _fail("the api_tokens table is missing: run `microfleet db migrate` first") from None
-    typer.secho(f"token {token_id} ({name}, {role.value}); it is shown once, keep it safe:", err=True)
+    grant = ", health data" if health_data else ""
+    typer.secho(f"token {token_id} ({name}, {role.value}{grant}); it is shown once, keep it safe:", err=True)
     typer.echo(token)
 
 

@@ -2,6 +2,12 @@
 
 Roles are ordered viewer < operator < admin: a route declares the least role it needs with
 `Depends(require(Role.OPERATOR))`; a missing or unknown token is a 401, a role too low a 403.
+
+Health data (a device's contraindication flags and notes) is a separate grant, `health_data` on the
+token, implied by no role, admin included: least privilege, and an admin who wants it mints a token
+with the grant (visible in the token list). `HealthReader` lets through tokens with the grant (403
+otherwise); every read of a device's health data is recorded with `record_health_read` (who: the token
+id and name, when, which device, which route) in `health_data_reads`, in the request's connection.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class Principal:
     token_id: int
     name: str
     role: Role
+    health_data: bool = False
 
 
 def get_pool(request: Request) -> AsyncConnectionPool:
@@ -62,7 +69,7 @@ async def authenticate(
     row = await cur.fetchone()
     if row is None:
         raise _unauthorized("unknown or revoked API token: ask an admin for a new one")
-    return Principal(int(row[0]), str(row[1]), Role(row[2]))
+    return Principal(int(row[0]), str(row[1]), Role(row[2]), bool(row[3]))
 
 
 def require(least: Role) -> Callable[[Principal], Awaitable[Principal]]:
@@ -79,7 +86,27 @@ def require(least: Role) -> Callable[[Principal], Awaitable[Principal]]:
     return check
 
 
+async def require_health(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    """Tokens with the health-data grant (any role)."""
+    if not principal.health_data:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"health data needs a token with the health_data grant; token {principal.name!r} has none "
+            "(an admin creates one: `microfleet api token create --health-data`)",
+        )
+    return principal
+
+
+HEALTH_READ = "insert into health_data_reads (token_id, token_name, device_id, route) values (%s, %s, %s, %s)"
+
+
+async def record_health_read(conn: AsyncConnection[Any], who: Principal, device_id: str, route: str) -> None:
+    """Audit one read of a device's health data (autocommit: stored even if the answer fails later)."""
+    await conn.execute(HEALTH_READ, (who.token_id, who.name, device_id, route))
+
+
 Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
+HealthReader = Annotated[Principal, Depends(require_health)]
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 

@@ -98,8 +98,13 @@ class Profile(BaseModel):
     device_id: str
     tz: str | None
     tz_offset_min: int | None
-    contraindications: Contraindications
+    contraindications: Contraindications | None = Field(
+        description="null when withheld: reading it needs a token with the health_data grant"
+    )
     notes: str | None
+    health_data_withheld: bool = Field(
+        default=False, description="true: contraindications and notes are withheld from this token"
+    )
     created_at: datetime
     updated_at: datetime
     updated_by: str | None
@@ -136,12 +141,12 @@ class Device(BaseModel):
     first_seen: datetime
     updated_at: datetime | None
     registered: bool
+    tags: list[str] = Field(default=[], description="fleet groups (devices.tags): rollouts and protocols target them")
 
 
 class DeviceDetail(Device):
     profile: Profile | None
 
-    tags: list[str] = Field(default=[], description="fleet groups (devices.tags): rollouts and protocols target them")
 
 class DevicePage(BaseModel):
     items: list[Device]
@@ -250,12 +255,18 @@ class TokenIn(BaseModel):
 
     name: Annotated[str, Field(min_length=1, max_length=100, pattern=NO_NUL)]
     role: Role
+    health_data: bool = Field(
+        default=False,
+        description="may read devices' health data (contraindications, notes); every read is audited. "
+        "Not implied by any role, admin included",
+    )
 
 
 class Token(BaseModel):
     id: int
     name: str
     role: Role
+    health_data: bool
     created_at: datetime
     revoked_at: datetime | None
 

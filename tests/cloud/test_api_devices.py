@@ -11,7 +11,15 @@ import pytest
 
 from cloud.api.models import Role
 from cloud.config import CloudConfig
-from tests.cloud.test_api_support import ApiServer, execute, fixed_clock, migrated_database, mint_all, serve
+from tests.cloud.test_api_support import (
+    ApiServer,
+    execute,
+    fixed_clock,
+    migrated_database,
+    mint,
+    mint_all,
+    serve,
+)
 
 NOW = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)  # summer: Europe/Paris is UTC+2
 
@@ -39,7 +47,7 @@ def admin(api: ApiServer, keys: dict[Role, str]) -> Iterator[httpx.Client]:
         yield http
 
 
-def test_register_then_read_back(admin: httpx.Client, dsn: str) -> None:
+def test_register_then_read_back(admin: httpx.Client, api: ApiServer, dsn: str) -> None:
     body = {
         "device_id": "dev-reg-1",
         "model": "trinity",
@@ -53,8 +61,10 @@ def test_register_then_read_back(admin: httpx.Client, dsn: str) -> None:
     r = admin.post("/devices", json=body)
     assert r.status_code == 201, r.text
     assert r.headers["location"] == "/devices/dev-reg-1"
-    got = admin.get("/devices/dev-reg-1").json()
-    assert got == r.json()
+    assert admin.get("/devices/dev-reg-1").json() == r.json()
+    assert r.json()["profile"]["contraindications"] is None  # health data: only with the grant
+    with api.client(mint(dsn, Role.VIEWER, "test-clinician", health_data=True)) as clinician:
+        got = clinician.get("/devices/dev-reg-1").json()
     assert (got["model"], got["hw_rev"], got["registered"]) == ("trinity", "B2", True)
     assert got["tz_offset_min"] == 120  # derived from the zone at the (injected) current time
     profile = got["profile"]
@@ -118,20 +128,22 @@ def test_bad_registration_is_422_naming_the_field(
     assert admin.get("/devices/dev-x").status_code == 404
 
 
-def test_profile_replace(admin: httpx.Client, api: ApiServer, keys: dict[Role, str]) -> None:
+def test_profile_replace(admin: httpx.Client, api: ApiServer, keys: dict[Role, str], dsn: str) -> None:
     admin.post("/devices", json={"device_id": "dev-prof-1", "model": "mini"})
     new = {"tz": "America/New_York", "contraindications": {"epilepsy": True, "birth_date": "2010-05-01"}}
     r = admin.put("/devices/dev-prof-1/profile", json=new)
     assert r.status_code == 200, r.text
     assert r.json()["tz_offset_min"] == -240
     with api.client(keys[Role.VIEWER]) as viewer:
-        got = viewer.get("/devices/dev-prof-1/profile").json()
+        assert viewer.get("/devices/dev-prof-1/profile").status_code == 403  # health data needs the grant
         assert viewer.put("/devices/dev-prof-1/profile", json=new).status_code == 403
+    with api.client(mint(dsn, Role.VIEWER, "test-clinician", health_data=True)) as clinician:
+        got = clinician.get("/devices/dev-prof-1/profile").json()
+        assert clinician.get("/devices/nobody/profile").status_code == 404
     assert got["contraindications"]["epilepsy"] is True
     assert got["contraindications"]["birth_date"] == "2010-05-01"
     assert got["contraindications"]["pregnancy"] is False
     assert admin.put("/devices/nobody/profile", json=new).status_code == 404
-    assert admin.get("/devices/nobody/profile").status_code == 404
 
 
 def test_list_filters_and_pages(admin: httpx.Client, dsn: str) -> None:

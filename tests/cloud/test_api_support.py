@@ -70,9 +70,9 @@ def migrated_database() -> Iterator[str]:
         yield dsn
 
 
-def mint(dsn: str, role: Role, name: str | None = None) -> str:
+def mint(dsn: str, role: Role, name: str | None = None, health_data: bool = False) -> str:
     with psycopg.connect(dsn) as conn:
-        token, _id = tokens.create_sync(conn, name or f"test-{role.value}", role)
+        token, _id = tokens.create_sync(conn, name or f"test-{role.value}", role, health_data)
     return token
 
 

@@ -17,7 +17,7 @@ router = APIRouter(prefix="/tokens", tags=["tokens"], responses=AUTH_ERRORS)
 @router.get("", summary="Every token (never the token itself), revoked ones included")
 async def list_tokens(conn: Conn, _who: Admin) -> list[Token]:
     cur = conn.cursor(row_factory=dict_row)
-    return [Token(**r) for r in await (await cur.execute(tokens.LIST)).fetchall()]
+    return [Token(**r) for r in await (await cur.execute(tokens.LIST_FULL)).fetchall()]
 
 
 @router.post(
@@ -30,7 +30,9 @@ async def create_token(conn: Conn, _who: Admin, body: TokenIn) -> NewToken:
     secret = tokens.new_token()
     cur = conn.cursor(row_factory=dict_row)
     row = await (
-        await cur.execute(tokens.INSERT, (tokens.digest(secret), body.name, body.role.value))
+        await cur.execute(
+            tokens.INSERT, (tokens.digest(secret), body.name, body.role.value, body.health_data)
+        )
     ).fetchone()
     assert row is not None
     return NewToken(**row, token=secret)
