@@ -19,6 +19,15 @@ def _flag(value: str, name: str) -> bool:
     raise ValueError(f"{name}={value!r}: use true or false")
 
 
+def _port(value: str) -> int | None:
+    v = value.strip()
+    if not v:
+        return None
+    if not v.isdigit() or int(v) > 65535:
+        raise ValueError(f"MICROFLEET_METRICS_PORT={value!r}: use a TCP port (0: any free port), or unset it")
+    return int(v)
+
+
 @dataclass(frozen=True, slots=True)
 class CloudConfig:
     database_url: str = DEFAULT_DATABASE_URL
@@ -42,6 +51,10 @@ class CloudConfig:
     # identity: the broker's dynamic-security admin, and the broker address handed to devices
     broker_admin_url: str = "mqtt://admin@127.0.0.1:1883"
     device_mqtt_url: str = DEFAULT_MQTT_URL
+    # /metrics, /healthz and /readyz of ingest, alerts run and ota serve (cloud/runtime/metrics.py): off
+    # unless a port is set (0: any free port); the API serves them on its own port
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> CloudConfig:
@@ -64,6 +77,8 @@ class CloudConfig:
             "device_mqtt_url": e.get(
                 "MICROFLEET_DEVICE_MQTT_URL", e.get("MICROFLEET_MQTT_URL", DEFAULT_MQTT_URL)
             ),
+            "metrics_port": _port(e.get("MICROFLEET_METRICS_PORT", "")),
+            "metrics_host": e.get("MICROFLEET_METRICS_HOST", "127.0.0.1"),
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

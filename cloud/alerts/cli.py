@@ -7,7 +7,6 @@ Heavy imports stay inside the commands so `--help` is fast.
 from __future__ import annotations
 
 import json
-import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -38,16 +37,42 @@ def run(
         ),
     ] = None,
     gate: Annotated[bool, typer.Option(help="Poll device profiles for the safety gate (C1).")] = True,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve /metrics, /healthz and /readyz on this port (0: any free port). "
+            "Default MICROFLEET_METRICS_PORT; off if unset.",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run one alert engine in the `alerts` shared-subscription group until SIGTERM/SIGINT."""
-    from cloud.alerts.service import AlertService
+    """Run one alert engine in the `alerts` shared-subscription group until SIGTERM/SIGINT.
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    Logs: MICROFLEET_LOG_LEVEL, MICROFLEET_LOG_FORMAT=json for one JSON object per line."""
+    from cloud.alerts.service import AlertService
+    from cloud.config import CloudConfig
+    from cloud.runtime import logs
+    from cloud.runtime.metrics import MetricsPortError
+
+    try:
+        logs.setup(verbose)
+        cloud = CloudConfig.from_env()
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    service = AlertService(
+        _cfg(consumer_id=consumer_id),
+        gate=gate,
+        metrics_port=metrics_port if metrics_port is not None else cloud.metrics_port,
+        metrics_host=cloud.metrics_host,
     )
-    AlertService(_cfg(consumer_id=consumer_id), gate=gate).run()
+    try:
+        service.run()
+    except MetricsPortError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command("list")

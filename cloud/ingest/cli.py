@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -16,18 +15,13 @@ import typer
 app = typer.Typer(no_args_is_help=True)
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
-def _run_many(processes: int, prefix: str, args: list[str]) -> None:
+def _run_many(processes: int, prefix: str, args: list[str], metrics_port: int | None) -> None:
     children = [
         subprocess.Popen(
             [sys.executable, "-m", "cloud.ingest", "--consumer-id", f"{prefix}-{i}", *args]
             + ([] if i == 1 else ["--no-housekeeping"])
+            # each child its own metrics port: the base port, +1, +2 ... (0: each any free port)
+            + ([] if metrics_port is None else ["--metrics-port", str(metrics_port and metrics_port + i - 1)])
         )
         for i in range(1, processes + 1)
     ]
@@ -64,23 +58,42 @@ def ingest(
         float | None,
         typer.Option(help="Quarantine data older than this as too_late (default: from storage_policy)."),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve /metrics, /healthz and /readyz on this port (0: any free port). "
+            "Default MICROFLEET_METRICS_PORT; off if unset. With --processes N: this port, +1, ... +N-1.",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Consume device uplinks from the broker (MQTT 5 shared subscription) into the database.
 
     Messages are acknowledged only after their transaction commits: kill it at any time and restart it
-    with the same --consumer-id; nothing is lost or stored twice. Settings: MICROFLEET_* (cloud/config.py).
+    with the same --consumer-id; nothing is lost or stored twice. Settings: MICROFLEET_* (cloud/config.py);
+    logs: MICROFLEET_LOG_LEVEL, MICROFLEET_LOG_FORMAT=json for one JSON object per line.
     """
+    from cloud.config import CloudConfig
+    from cloud.runtime import logs
+    from cloud.runtime.metrics import MetricsPortError
+
+    try:
+        logs.setup(verbose)
+        base = CloudConfig.from_env(os.environ)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    port = metrics_port if metrics_port is not None else base.metrics_port
     if strategy not in ("copy", "stage"):
         raise typer.BadParameter("--strategy must be copy or stage")
     if processes > 1:
         if consumer_id is not None:
             raise typer.BadParameter("use --prefix, not --consumer-id, with --processes")
         extra = ["--strategy", strategy] + (["--verbose"] if verbose else [])
-        _run_many(processes, prefix, extra)
+        _run_many(processes, prefix, extra, port)
         return
-    _logging(verbose)
-    from cloud.config import CloudConfig
     from cloud.ingest.service import IngestService
 
     overrides: dict[str, object] = {}
@@ -88,12 +101,19 @@ def ingest(
         overrides["consumer_id"] = consumer_id
     config = CloudConfig.from_env(os.environ, **overrides)
     horizon = timedelta(days=late_horizon_days) if late_horizon_days is not None else None
-    IngestService(
+    service = IngestService(
         config,
         strategy="copy" if strategy == "copy" else "stage",
         housekeeping=housekeeping,
         late_horizon=horizon,
-    ).run()
+        metrics_port=port,
+        metrics_host=config.metrics_host,
+    )
+    try:
+        service.run()
+    except MetricsPortError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def main() -> None:

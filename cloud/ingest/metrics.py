@@ -9,7 +9,7 @@ read at scrape time from the live counters (pending, redeliveries, commit marks)
     microfleet_ingest_batch_messages              histogram: messages per batch
     microfleet_ingest_commit_seconds              histogram: a batch's transaction, COPY to COMMIT
     microfleet_ingest_receive_to_commit_seconds   histogram: first message of a batch received -> committed
-    microfleet_ingest_lag_seconds                 histogram and gauge (_last): commit time - the device's ts
+    microfleet_ingest_commit_lag_seconds          histogram and gauge (_last_seconds): commit time - the device's ts
                                                   of the newest message of the batch (publish -> commit)
     microfleet_ingest_batch_retries_total         transactions retried (database errors)
     microfleet_ingest_pending_messages            received, not yet committed (gauge)
@@ -93,13 +93,13 @@ class IngestMetrics:
             registry=r,
         )
         self.lag = Histogram(
-            "microfleet_ingest_lag_seconds",
+            "microfleet_ingest_commit_lag_seconds",
             "Commit time minus the device timestamp of the batch's newest message (publish -> commit)",
             buckets=LAG_BUCKETS,
             registry=r,
         )
         self.lag_last = Gauge(
-            "microfleet_ingest_lag_last_seconds", "The last batch's publish -> commit lag", registry=r
+            "microfleet_ingest_commit_lag_last_seconds", "The last batch's publish -> commit lag", registry=r
         )
         self.retries = Counter("microfleet_ingest_batch_retries", "Transactions retried", registry=r)
         r.register(_Live(read_live))

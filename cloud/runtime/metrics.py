@@ -69,6 +69,10 @@ def dsn_check(dsn: str, timeout_s: float = PROBE_TIMEOUT_S) -> Check:
     return check
 
 
+class MetricsPortError(OSError):
+    """The metrics address cannot be bound (the port is taken, or the host is not ours)."""
+
+
 class Health:
     """Named readiness checks, each answer cached for cache_s (thread-safe)."""
 
@@ -137,8 +141,15 @@ class MetricsServer:
         return f"http://{self._address[0]}:{self.port}"
 
     def start(self) -> None:
-        """Bind and serve on a thread of our own; raises OSError if the address cannot be bound."""
-        server = ThreadingHTTPServer(self._address, _handler(self))
+        """Bind and serve on a thread of our own; MetricsPortError if the address cannot be bound."""
+        try:
+            server = ThreadingHTTPServer(self._address, _handler(self))
+        except OSError as exc:
+            host, port = self._address
+            raise MetricsPortError(
+                f"{self.name}: cannot serve metrics on {host}:{port} ({exc.strerror or exc}); "
+                "choose another MICROFLEET_METRICS_PORT (or unset it: no metrics server)"
+            ) from exc
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(

@@ -94,7 +94,7 @@ def test_ingest_serves_live_figures_and_readiness(broker: Mosquitto, dsn: str, i
     assert figures[("microfleet_ingest_batch_messages_sum", ())] == total
     assert figures[("microfleet_ingest_batch_messages_count", ())] >= 1
     assert figures[("microfleet_ingest_commit_seconds_count", ())] >= 1
-    assert figures[("microfleet_ingest_lag_seconds_count", ())] >= 1
+    assert figures[("microfleet_ingest_commit_lag_seconds_count", ())] >= 1
     assert figures[("microfleet_ingest_pending_messages", ())] == 0
     assert figures[("microfleet_ready", (("check", "broker"),))] == 1
     with psycopg.connect(dsn) as conn:
