@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from cloud.dashboards.spec import Col, DashboardSpec, PanelSpec, Viz, device_filter, local_day
+from cloud.dashboards.usage import ROLLUP_LAG
 from cloud.dashboards.variables import STANDARD
 
 ON_DEVICES = device_filter("d.model", "d.fw_version", "d.protocol_id")
@@ -96,9 +99,10 @@ DASHBOARD = DashboardSpec(
             ACTIVE_DEVICES_HOURLY,
             Viz.TIMESERIES,
             (("time", Col.TIME), ("active_devices", Col.NUMBER)),
-            "Devices with samples in each hour (hourly usage rollup).",
-            width=24,
+            "Devices with samples in each hour (hourly usage rollup; its lag is beside).",
+            width=16,
         ),
+        replace(ROLLUP_LAG, width=8, height=8),
         PanelSpec("Firmware versions", FIRMWARE, Viz.PIE, (("firmware", Col.TEXT), ("devices", Col.NUMBER))),
         PanelSpec("Protocol versions", PROTOCOLS, Viz.PIE, (("protocol", Col.TEXT), ("devices", Col.NUMBER))),
         PanelSpec("Models", MODELS, Viz.PIE, (("model", Col.TEXT), ("devices", Col.NUMBER))),

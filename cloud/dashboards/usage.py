@@ -72,6 +72,26 @@ GROUP BY 1
 ORDER BY 1
 """
 
+# How far the rollups trail the samples (migration 0007: usage_fresh_as_of): every sample stored before
+# now - lag is counted in the panels that read usage_* ; null: unknown (TimescaleDB before its first refresh).
+ROLLUP_LAG_SQL = """
+SELECT extract(epoch FROM now() - usage_fresh_as_of('hour'))::float8 AS hourly_rollup_lag,
+       extract(epoch FROM now() - usage_fresh_as_of('day'))::float8 AS daily_rollup_lag
+"""
+ROLLUP_LAG = PanelSpec(
+    "Usage rollups lag",
+    ROLLUP_LAG_SQL,
+    Viz.STAT,
+    (("hourly_rollup_lag", Col.NUMBER), ("daily_rollup_lag", Col.NUMBER)),
+    "How far the hourly and daily usage rollups trail the stored samples: panels built on them (active "
+    "minutes, active devices) count every sample stored before now minus this. Refreshed every few minutes "
+    "(ingest housekeeping on plain PostgreSQL; TimescaleDB refresh policies, which leave the current hour "
+    "or day). Empty: unknown yet. Session panels read the sessions table and are current.",
+    unit="s",
+    width=24,
+    height=4,
+)
+
 DASHBOARD = DashboardSpec(
     uid="mf-usage",
     title="microfleet / Usage",
@@ -80,6 +100,7 @@ DASHBOARD = DashboardSpec(
     refresh="5m",
     variables=STANDARD,
     panels=(
+        ROLLUP_LAG,
         PanelSpec(
             "Sessions per day",
             SESSIONS_PER_DAY,

@@ -86,6 +86,8 @@ def status(
     typer.echo(f"{describe(dsn)}: {st.path} path")
     for version, at in st.migrations:
         typer.echo(f"  migration {version:<28} applied {at:%Y-%m-%d %H:%M:%S %Z}")
+    fresh = "unknown" if st.usage_fresh_as_of is None else f"{st.usage_fresh_as_of:%Y-%m-%d %H:%M:%S %Z}"
+    typer.echo(f"  usage rollups hold every sample stored before {fresh}")
     unit = "chunks" if st.path is StoragePath.TIMESCALE else "partitions"
     for r in st.relations:
         line = f"  {r.relation:<22} rows {r.rows:>14,} {'exact' if r.exact else '(estimate)'}"

@@ -6,6 +6,11 @@ PostgreSQL it recomputes the rollup tables for those hours and days (delete + in
 one transaction, so a rerun gives the same rows and a bucket whose samples are gone loses its row).
 `refresh_pending_rollups(conn)` (plain path) consumes the hours recorded by the samples trigger, so late
 rows are rolled up without anyone having to know their time range.
+
+Rollups are not real time: ingest's housekeeping runs `refresh_pending_rollups` every few minutes (plain
+path) and TimescaleDB's refresh policies every 15 minutes (hourly) or hour (daily), leaving the bucket
+being written. `fresh_as_of(conn, grain)` (SQL `usage_fresh_as_of(grain)`, migration 0007) says how far
+they are complete: every stored sample before that time is in the rollups; null means unknown.
 """
 
 from __future__ import annotations
@@ -23,6 +28,15 @@ HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 ROLLUP_LOCK = 0x6D66726F6C6C00  # serialises plain-path refreshes ("mfroll")
 CAGGS = ("usage_device_hourly", "usage_fleet_hourly", "usage_device_daily", "usage_fleet_daily")
+
+
+FRESH_AS_OF = "select usage_fresh_as_of(%s)"
+
+
+def fresh_as_of(conn: psycopg.Connection[Any], grain: str = "hour") -> datetime | None:
+    """Every sample stored before this time is in the `grain` ('hour' or 'day') rollups; None: unknown."""
+    row = conn.execute(FRESH_AS_OF, (grain,)).fetchone()
+    return None if row is None else row[0]
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 
 from cloud.db.migrate import StoragePath, current_path
+from cloud.db.rollups import fresh_as_of
 
 TIME_SERIES = ("samples", "sessions", "device_events", "uplink_log")
 OTHERS = (
@@ -43,6 +44,7 @@ class DbStatus:
     path: StoragePath | None
     migrations: list[tuple[str, datetime]]
     relations: list[RelationStatus]
+    usage_fresh_as_of: datetime | None = None  # the rollups hold every sample stored before this
 
 
 def _count(conn: psycopg.Connection[Any], relation: str) -> int:
@@ -117,13 +119,15 @@ def collect(
             parts = int(row[0]) if row else 0
         rows, counted = _rows(conn, rel, exact, path, exact_below)
         relations.append(RelationStatus(rel, rows, counted, parts, compressed))
-    return DbStatus(path, migrations, relations)
+    fresh = fresh_as_of(conn) if any(v == "0007_usage_freshness" for v, _ in migrations) else None
+    return DbStatus(path, migrations, relations, fresh)
 
 
 def as_json(st: DbStatus) -> dict[str, Any]:
     """The status as a JSON-ready dict (times in ISO 8601)."""
     return {
         "path": None if st.path is None else str(st.path),
+        "usage_fresh_as_of": None if st.usage_fresh_as_of is None else st.usage_fresh_as_of.isoformat(),
         "migrations": [{"version": v, "applied_at": at.isoformat()} for v, at in st.migrations],
         "relations": [
             {
