@@ -36,7 +36,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.loadtest import _percentiles, loss_by_device, stored_seqs
+from cli.loadtest import latency_since, latency_text, loss_by_device, stored_seqs
 
 console = Console()
 SERVICE = "simulator"
@@ -69,7 +69,7 @@ class StoreFigures:
     loss: int  # seq gaps
     lost_by_device: dict[str, int]
     duplicates_stored: int
-    latency_ms: dict[str, float]
+    latency_ms: dict[str, float | None]  # p50, p95, p99, max (None: no message measured), n
 
 
 # -- pure: stats JSON -> figures ---------------------------------------------------------------------
@@ -169,13 +169,13 @@ def summary_table(containers: Sequence[ContainerSummary], store: StoreFigures | 
             end_section=True,
         )
     if store is not None:
-        lat = "/".join(f"{store.latency_ms.get(k, 0.0):.1f}" for k in ("p50", "p95", "p99", "max"))
+        lat = latency_text(store.latency_ms)
         colour = "green" if store.loss == 0 else "red"
         for k, v in (
             ("devices seen / messages stored", f"{store.devices_seen} / {store.messages_stored}"),
             ("loss (seq gaps)", f"[{colour}]{store.loss}[/]"),
             ("duplicates stored", str(store.duplicates_stored)),
-            ("latency ms p50/p95/p99/max", lat),
+            ("latency ms p50 / p95 / p99 / max", lat),
         ):
             t.add_row(k, "", "", "", "", v)
     return t
@@ -254,14 +254,14 @@ def store_figures(database_url: str, prefix: str, since: datetime) -> StoreFigur
     with psycopg.connect(database_url, autocommit=True) as conn:
         seqs, dup_rows = stored_seqs(conn, prefix)
         lost = loss_by_device(expected_from_stored(seqs), seqs)
-        latency = _percentiles(conn, prefix, since)
+        latency = latency_since(conn, prefix, since)
     return StoreFigures(
         devices_seen=len(seqs),
         messages_stored=sum(len(s) for s in seqs.values()),
         loss=sum(lost.values()),
         lost_by_device=dict(sorted(lost.items())[:50]),
         duplicates_stored=dup_rows,
-        latency_ms={k: round(v, 1) for k, v in latency.items()},
+        latency_ms=latency,
     )
 
 

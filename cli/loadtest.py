@@ -1,11 +1,17 @@
 """`microfleet loadtest`: ramp simulated devices up, hold a steady load, count what the cloud stored.
 
 Figures (live in the terminal, then a table and a JSON file): connected devices, messages/s and
-samples/s sent and stored, loss (per device, every seq the outbox gave out that is not in `uplink_log`),
-duplicates (re-sent by the devices; stored twice), end-to-end latency p50/p95/p99/max (`stored_at -
-sent_at` of `uplink_log`: the message's device time to the ingest commit), alerts raised against the
-alerts the personas expect, CPU and memory of each process. Exit 1 when loss is not zero, or when
-`--check-alerts` is given and an expected alert is missing.
+samples/s sent and stored, loss (per device, every seq the outbox gave out in this run that is not in
+`uplink_log`), duplicates (re-sent by the devices; stored twice), end-to-end latency p50/p95/p99/max
+(`stored_at - sent_at` of `uplink_log`: the message's device time to the ingest commit), alerts raised
+against the alerts the personas expect, CPU and memory of each process. Exit 1 when loss is not zero, or
+when `--check-alerts` is given and an expected alert is missing.
+
+What is counted: the data messages (sessions, samples, events; not the status births, which share the
+seq counter) that the devices created in THIS run (seq >= the device's next seq when its outbox opened:
+outboxes persist in --data-dir), sent and stored alike. The run is real time and its clock starts now
+(the scenario's `start` and `speed` are ignored), so device time is wall time and latency means something.
+A figure computed from no message says so: "n/a (no samples)" in the table, null in the JSON with n = 0.
 
 It lives under `cli/` (not `simulators/`) because it reads the cloud's database: `simulators` must not
 import `cloud`. Mount: `app.command("loadtest")(cli.loadtest.loadtest)` in cli/main.py.
@@ -15,11 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -57,7 +64,7 @@ class LoadReport:
     duplicates_sent: int
     duplicates_stored: int
     quarantined: int
-    latency_ms: dict[str, float]
+    latency_ms: dict[str, float | None]  # p50, p95, p99, max (None with no message), n
     alerts_expected: int
     alerts_missing: list[str]
     alerts_raised: dict[str, int]
@@ -97,7 +104,43 @@ class ProcessWatch:
         return out
 
 
-def _percentiles(conn: psycopg.Connection[Any], prefix: str, since: datetime) -> dict[str, float]:
+LATENCY_KEYS = ("p50", "p95", "p99", "max")
+
+
+def latency_figures(values: Sequence[float] | None, n: int) -> dict[str, float | None]:
+    """Pure: p50/p95/p99/max in ms (rounded) and the count; all None when no message was measured."""
+    if not n or values is None:
+        return {**dict.fromkeys(LATENCY_KEYS, None), "n": 0}
+    return {**{k: round(float(v), 1) for k, v in zip(LATENCY_KEYS, values, strict=True)}, "n": n}
+
+
+def latency_text(figures: dict[str, float | None]) -> str:
+    """Pure: the table's latency cell; a figure from nothing says so."""
+    if not figures.get("n"):
+        return "n/a (no samples)"
+    return " / ".join(str(figures[k]) for k in LATENCY_KEYS) + f" ({figures['n']:.0f} messages)"
+
+
+def _first_seqs(first: dict[str, int]) -> tuple[list[str], list[int]]:
+    return list(first), list(first.values())
+
+
+def _latency(conn: psycopg.Connection[Any], first: dict[str, int]) -> dict[str, float | None]:
+    """Latency of this run's data messages (seq >= the device's first seq of the run, status excluded)."""
+    row = conn.execute(
+        "select percentile_cont(array[0.5, 0.95, 0.99]) within group (order by ms), max(ms), count(*) "
+        "from (select extract(epoch from u.stored_at - u.sent_at) * 1000 as ms from uplink_log u "
+        "join unnest(%s::text[], %s::bigint[]) as f(device_id, first_seq) using (device_id) "
+        "where u.kind <> 'status' and u.seq >= f.first_seq) x",
+        _first_seqs(first),
+    ).fetchone()
+    if row is None or row[0] is None:
+        return latency_figures(None, 0)
+    return latency_figures((*row[0], row[1]), int(row[2]))
+
+
+def latency_since(conn: psycopg.Connection[Any], prefix: str, since: datetime) -> dict[str, float | None]:
+    """Latency of the prefix's data messages sent since `since` (device time; compose-loadtest)."""
     row = conn.execute(
         "select percentile_cont(array[0.5, 0.95, 0.99]) within group (order by ms), max(ms), count(*) "
         "from (select extract(epoch from stored_at - sent_at) * 1000 as ms from uplink_log "
@@ -105,9 +148,19 @@ def _percentiles(conn: psycopg.Connection[Any], prefix: str, since: datetime) ->
         (prefix + "-%", since),
     ).fetchone()
     if row is None or row[0] is None:
-        return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0, "n": 0.0}
-    p = row[0]
-    return {"p50": p[0], "p95": p[1], "p99": p[2], "max": float(row[1]), "n": float(row[2])}
+        return latency_figures(None, 0)
+    return latency_figures((*row[0], row[1]), int(row[2]))
+
+
+def stored_data_messages(conn: psycopg.Connection[Any], first: dict[str, int]) -> int:
+    """Distinct (device, seq) data messages of this run in uplink_log: what `sent_messages` counts."""
+    row = conn.execute(
+        "select count(distinct (u.device_id, u.seq)) from uplink_log u "
+        "join unnest(%s::text[], %s::bigint[]) as f(device_id, first_seq) using (device_id) "
+        "where u.kind <> 'status' and u.seq >= f.first_seq",
+        _first_seqs(first),
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def stored_seqs(conn: psycopg.Connection[Any], prefix: str) -> tuple[dict[str, set[int]], int]:
@@ -122,11 +175,14 @@ def stored_seqs(conn: psycopg.Connection[Any], prefix: str) -> tuple[dict[str, s
     return seqs, rows - sum(len(s) for s in seqs.values())
 
 
-def loss_by_device(expected_next: dict[str, int], stored: dict[str, set[int]]) -> dict[str, int]:
-    """Pure: per device, how many of seqs 0..next-1 were not stored."""
+def loss_by_device(
+    expected_next: dict[str, int], stored: dict[str, set[int]], first: dict[str, int] | None = None
+) -> dict[str, int]:
+    """Pure: per device, how many of seqs first..next-1 (first: 0 unless given) were not stored."""
     out = {}
     for dev, nxt in expected_next.items():
-        missing = nxt - len(stored.get(dev, set()) & set(range(nxt)))
+        lo = (first or {}).get(dev, 0)
+        missing = nxt - lo - len(stored.get(dev, set()) & set(range(lo, nxt)))
         if missing:
             out[dev] = missing
     return out
@@ -181,9 +237,11 @@ async def run_loadtest(
     import psycopg  # the load test reads the database; the device image (.[sim]) has no driver
 
     prefix = scenario.id_prefix
+    # real time from now: device time is wall time (a scenario's start in the past made every latency
+    # a day long, and the old filter on sent_at then dropped every message)
+    scenario = dataclasses.replace(scenario, start=datetime.now(UTC), speed=1.0)
     config = FleetConfig(scenario, mqtt_url, data_dir, clock_skew_s=clock_skew_s or {})
     watch = ProcessWatch([psutil.Process().pid, *watch_pids])
-    since = datetime.now(UTC) - timedelta(minutes=5)
     with psycopg.connect(database_url, autocommit=True) as conn:
         q0 = int(conn.execute("select count(*) from quarantine").fetchone()[0])  # type: ignore[index]
         async with Fleet(config) as fleet:
@@ -210,10 +268,7 @@ async def run_loadtest(
                     await asyncio.wait({work}, timeout=1.0)
                     watch.sample()
                     connected_max[0] = max(connected_max[0], fleet.stats().connected)
-                    row = conn.execute(
-                        "select count(*) from uplink_log where device_id like %s", (prefix + "-%",)
-                    ).fetchone()
-                    stored = int(row[0]) if row else 0
+                    stored = stored_data_messages(conn, fleet.first_seqs)
                     screen.update(_live_table(fleet, stored, phase[0], time.monotonic() - t0))
             await work
             held = time.monotonic() - t0
@@ -222,9 +277,10 @@ async def run_loadtest(
             expected_alerts = {d: p.expected for d, p in fleet.personas.items()}
             # wait (bounded) until the cloud has committed everything the broker acknowledged
             deadline = time.monotonic() + settle_s
+            first = dict(fleet.first_seqs)
             while True:
                 seqs, dup_rows = stored_seqs(conn, prefix)
-                lost = loss_by_device(expected_next, seqs)
+                lost = loss_by_device(expected_next, seqs, first)
                 if not lost or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.5)
@@ -232,9 +288,9 @@ async def run_loadtest(
         samples_stored = conn.execute(
             "select count(*) from samples where device_id like %s", (prefix + "-%",)
         ).fetchone()
-        latency = _percentiles(conn, prefix, since)
+        latency = _latency(conn, first)
+        stored_msgs = stored_data_messages(conn, first)
         raised = raised_alerts(conn, prefix)
-    stored_msgs = sum(len(s) for s in seqs.values())
     n_samples = int(samples_stored[0]) if samples_stored else 0
     return LoadReport(
         devices=scenario.devices,
@@ -253,7 +309,7 @@ async def run_loadtest(
         duplicates_sent=max(0, stats.sent - stats.stored),
         duplicates_stored=dup_rows,
         quarantined=q1 - q0,
-        latency_ms={k: round(v, 1) for k, v in latency.items()},
+        latency_ms=latency,
         alerts_expected=sum(len(v) for v in expected_alerts.values()),
         alerts_missing=missing_alerts(expected_alerts, raised),
         alerts_raised={r: sum(r in v for v in raised.values()) for r in sorted(set().union(*raised.values()))}
@@ -276,7 +332,7 @@ def report_table(r: LoadReport) -> Table:
         ("loss (by seq)", f"[{'green' if r.loss == 0 else 'red'}]{r.loss}[/]"),
         ("duplicates re-sent / stored twice", f"{r.duplicates_sent} / {r.duplicates_stored}"),
         ("quarantined", str(r.quarantined)),
-        ("latency ms p50/p95/p99/max", "/".join(str(r.latency_ms[k]) for k in ("p50", "p95", "p99", "max"))),
+        ("latency ms p50 / p95 / p99 / max", latency_text(r.latency_ms)),
         ("alerts raised (rule: devices)", ", ".join(f"{k}:{v}" for k, v in r.alerts_raised.items()) or "-"),
         ("expected alerts missing", f"{len(r.alerts_missing)} of {r.alerts_expected}"),
     ]

@@ -93,6 +93,7 @@ class Fleet:
             config.device_id(i): sc.personas[names[i]] for i in config.indices
         }
         self.agents: list[Agent] = []
+        self.first_seqs: dict[str, int] = {}  # per device, its first seq of this run (outboxes persist)
         self._stack = contextlib.AsyncExitStack()
         self._outbox_file: OutboxFile | None = None
 
@@ -147,6 +148,7 @@ class Fleet:
                 rng=random.Random(c.scenario.seed * 1_000_003 + i),
             )
             self.agents.append(await self._stack.enter_async_context(agent))
+            self.first_seqs[agent.config.device_id] = agent.outbox.next_seq
         if wait_s is not None:
             async with asyncio.timeout(wait_s):
                 for agent in self.agents:

@@ -87,12 +87,14 @@ def test_summary_per_container_and_table() -> None:
         250.0,
         8192.0,
     )
-    store = StoreFigures(2, 10, 1, {"sim-00001": 1}, 0, {"p50": 12.0, "p95": 40.5, "p99": 80.0, "max": 95.0})
+    store = StoreFigures(
+        2, 10, 1, {"sim-00001": 1}, 0, {"p50": 12.0, "p95": 40.5, "p99": 80.0, "max": 95.0, "n": 9}
+    )
     console = Console(record=True, width=160)
     console.print(summary_table([s1, s2], store))
     text = console.export_text()
     assert "microfleet-simulator-2" in text and "140.0" in text  # total mean cpu
-    assert "12.0/40.5/80.0/95.0" in text and "loss (seq gaps)" in text
+    assert "12.0 / 40.5 / 80.0 / 95.0 (9 messages)" in text and "loss (seq gaps)" in text
 
 
 def test_loss_is_the_gaps_in_each_device_seq() -> None:
