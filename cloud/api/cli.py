@@ -88,22 +88,24 @@ def token_list(
         bool, typer.Option("--json", help="One JSON array on stdout (and nothing else).")
     ] = False,
 ) -> None:
-    """Every token: id, name, role, created, revoked (never the token itself)."""
+    """Every token: id, name, role, created, revoked, and `health-data` if it holds the grant to read
+    devices' health data (never the token itself)."""
     from cloud.api import tokens
     from cloud.db.pool import DatabaseUnreachable, connect
 
     try:
         with connect(_config(database_url).database_url) as conn:
-            rows = conn.execute(tokens.LIST).fetchall()
+            rows = conn.execute(tokens.LIST_FULL).fetchall()
     except DatabaseUnreachable as exc:
         raise _fail(str(exc)) from None
     if as_json:
-        keys = ("token_id", "name", "role", "created_at", "revoked_at")
+        keys = ("token_id", "name", "role", "health_data", "created_at", "revoked_at")
         typer.echo(json.dumps([dict(zip(keys, r, strict=True)) for r in rows], default=str))
         return
-    for token_id, name, role, created_at, revoked_at in rows:
+    for token_id, name, role, health_data, created_at, revoked_at in rows:
         revoked = f"revoked {revoked_at.isoformat()}" if revoked_at else "active"
-        typer.echo(f"{token_id}\t{name}\t{role}\t{created_at.isoformat()}\t{revoked}")
+        grant = "\thealth-data" if health_data else ""
+        typer.echo(f"{token_id}\t{name}\t{role}\t{created_at.isoformat()}\t{revoked}{grant}")
 
 
 @token_app.command("revoke")

@@ -79,6 +79,9 @@ def test_only_the_health_grant_reads_contraindications_and_each_read_is_audited(
         assert clinician.get("/devices/dev-h-1").json()["profile"]["contraindications"]["pregnancy"] is True
         assert clinician.get("/devices/nobody/profile").status_code == 404
         assert clinician.put("/devices/dev-h-1/profile", json={}).status_code == 403  # still a viewer
+    listed = CliRunner().invoke(api_cli, ["token", "list", "--database-url", dsn])
+    assert "dr-lee\tviewer" in listed.stdout and listed.stdout.rstrip().endswith("active\thealth-data")
+    assert "test-admin\tadmin" in listed.stdout and "health-data" not in listed.stdout.splitlines()[0]
     assert reads(dsn) == [
         ("dr-lee", "dev-h-1", "GET /devices/{device_id}/profile"),
         ("dr-lee", "dev-h-1", "GET /devices/{device_id}"),
