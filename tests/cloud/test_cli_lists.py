@@ -184,3 +184,13 @@ def test_db_status_estimates_big_tables_only_when_the_planner_knows(env: str) ->
         assert (rows["devices"].rows, rows["devices"].exact) == (6, False)  # ANALYZE saw every row
         assert rows["usage_fleet_daily"].exact is True and rows["usage_fleet_daily"].rows == 0
         assert all(r.exact for r in collect(conn, exact=True, exact_below=0).relations)
+
+
+def test_status_watch_live_view_ends_with_an_ended_rollout(env: str, rollout: int) -> None:
+    with psycopg.connect(env, autocommit=True) as conn:
+        conn.execute("UPDATE ota_rollouts SET status = 'completed' WHERE rollout_id = %s", (rollout,))
+        try:
+            out = run("ota", "status", str(rollout), "--watch", "--interval", "0.05")
+        finally:
+            conn.execute("UPDATE ota_rollouts SET status = 'running' WHERE rollout_id = %s", (rollout,))
+    assert f"rollout {rollout}: completed" in out and "pending" in out
