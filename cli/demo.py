@@ -5,6 +5,14 @@ broker), migrates the database named by MICROFLEET_DATABASE_URL (default: the lo
 `microfleet`, created if missing), runs the ingest service in this process, and drives a fleet of simulated
 devices (the real edge agent with personas, on a sped-up clock). At the end every message the devices
 stored must be in the database exactly once, or the demo exits non-zero.
+
+Time budget (`--budget`, 120 s by default): the fleet lives its days compressed as fast as the machine
+allows and is stopped early (at the simulated day it reached; open sessions end) when the budget's living
+part is spent, or sooner when what the devices still hold would not be committed in time at the rate the
+cloud commits (`DemoBudget`, pure). Then the outboxes drain (the in-process ingest sends its commit marks
+after MICROFLEET_MARK_DELAY_S, 1 s here unless set) and the exactly-once check runs on what was sent. A
+slow 2-core machine simulates fewer days; both end in about two minutes. Not on a terminal (CI, a pipe),
+the live table becomes a plain progress line every few seconds.
 """
 
 from __future__ import annotations
@@ -28,6 +36,46 @@ from rich.table import Table
 
 console = Console()
 POLL_S = 1.0
+PROGRESS_EVERY_S = 5.0  # plain progress lines when stdout is not a terminal
+DEMO_MARK_DELAY_S = 1.0
+DEMO_BUDGET_S = 120.0  # `make demo` ends in about two minutes on a 2-core machine, slow or fast
+DRAIN_S = 25.0
+
+
+@dataclass(frozen=True, slots=True)
+class DemoBudget:
+    """Pure: when the fleet must stop living for the whole demo to end within `total_s`."""
+
+    total_s: float = DEMO_BUDGET_S
+    drain_s: float = DRAIN_S  # kept at the end: the last commits, their marks, the alert engine, the check
+    min_live_s: float = 5.0  # the fleet lives at least this long, whatever the budget
+
+    def __post_init__(self) -> None:
+        if self.total_s < self.drain_s + self.min_live_s:
+            raise ValueError(
+                f"a budget of {self.total_s:g} s is too short: give at least "
+                f"{self.drain_s + self.min_live_s:g} s"
+            )
+
+    @classmethod
+    def of(cls, total_s: float) -> DemoBudget:
+        """The plan for a budget: a quarter of a short budget, at most 25 s, is kept for the drain."""
+        return cls(total_s=total_s, drain_s=min(DRAIN_S, total_s / 4))
+
+    @property
+    def live_s(self) -> float:
+        """Seconds after the start by which the fleet stops living, at the latest."""
+        return self.total_s - self.drain_s
+
+    def stop_living(self, elapsed_s: float, living_s: float, backlog: int, commit_rate: float) -> bool:
+        """Stop now? `elapsed_s` since the demo started, `living_s` since the fleet began to live,
+        `backlog` messages the devices still hold, `commit_rate` messages/s the cloud commits lately."""
+        if living_s < self.min_live_s:
+            return False
+        if elapsed_s >= self.live_s:
+            return True
+        catch_up_s = backlog / max(commit_rate, 50.0)  # what the cloud needs for what the devices hold
+        return elapsed_s + catch_up_s >= self.live_s
 
 
 @dataclass
@@ -99,45 +147,109 @@ def _view(fleet: Any, db: DbCounts, ingest_line: str, started: float, days: floa
     return Group(t, Panel(footer, expand=False))
 
 
-async def _drive(fleet: Any, conn: Any, prefix: str, ingest: Any, days: float) -> DbCounts:
-    started = time.monotonic()
+@dataclass
+class Phase:
+    name: str = "connecting"
+    stopped_early: bool = False
+    living_since: float | None = None
+
+
+def progress_line(fleet: Any, db: DbCounts, phase: Phase, elapsed_s: float, days: float) -> str:
+    """A plain progress line (no terminal: CI logs, pipes)."""
+    s = fleet.stats()
+    return (
+        f"[{elapsed_s:5.0f} s] {phase.name}: day {s.sim_time_s / 86400:4.1f} of {days:g}, "
+        f"devices {s.connected}/{s.devices} connected, sessions {s.sessions_started}, "
+        f"messages {s.stored} on devices / {db.messages} in DB, outbox {s.outbox_depth}, "
+        f"quarantined {db.quarantined}, alerts {db.alerts}"
+    )
+
+
+async def _lifetime(fleet: Any, budget: DemoBudget, started: float, phase: Phase) -> None:
+    await fleet.connect(ramp_per_s=200)
+    phase.name, phase.living_since = "living", time.monotonic()
+    living = asyncio.create_task(fleet.live(), name="demo-live")
+    committed, at = fleet.stats().committed, time.monotonic()
+    rate = 0.0
+    while not living.done():
+        await asyncio.wait({living}, timeout=POLL_S)
+        s, now = fleet.stats(), time.monotonic()
+        if now - at >= POLL_S:
+            rate = 0.5 * rate + 0.5 * (s.committed - committed) / (now - at)
+            committed, at = s.committed, now
+        if not living.done() and budget.stop_living(
+            now - started, now - phase.living_since, s.outbox_depth, rate
+        ):
+            phase.stopped_early = True
+            living.cancel()  # every user stops; open sessions end and are recorded
+            break
+    with contextlib.suppress(asyncio.CancelledError):
+        await living
+    phase.name = "draining"  # every outbox empties as the cloud's commit marks cover it
+    async with asyncio.timeout(max(budget.drain_s, budget.total_s - (time.monotonic() - started)) + 60):
+        await fleet.drained()
+    phase.name = "checking"
+
+
+async def _drive(
+    fleet: Any, conn: Any, prefix: str, ingest: Any, days: float, budget: DemoBudget, started: float
+) -> tuple[DbCounts, Phase]:
     db = DbCounts()
-    with Live(_view(fleet, db, "", started, days), console=console, refresh_per_second=4) as live:
+    phase = Phase()
+    tty = console.is_terminal
+    live = Live(_view(fleet, db, "", started, days), console=console, refresh_per_second=4) if tty else None
+    printed = -PROGRESS_EVERY_S  # the first line at once
+    with live if live is not None else contextlib.nullcontext():
 
-        async def lifetime() -> None:
-            await fleet.connect(ramp_per_s=200)
-            await fleet.live()
-            async with asyncio.timeout(120):
-                await fleet.drained()
+        def show(force: bool = False) -> None:
+            nonlocal printed
+            if live is not None:
+                live.update(_view(fleet, db, ingest.stats.line(), started, days))
+            elif force or time.monotonic() - printed >= PROGRESS_EVERY_S:
+                printed = time.monotonic()
+                print(progress_line(fleet, db, phase, printed - started, days), flush=True)
 
-        run = asyncio.create_task(lifetime(), name="demo-fleet")
+        run = asyncio.create_task(_lifetime(fleet, budget, started, phase), name="demo-fleet")
         try:
             while not run.done():
                 db = await asyncio.to_thread(_counts, conn, prefix)
-                live.update(_view(fleet, db, ingest.stats.line(), started, days))
+                show()
                 await asyncio.wait({run}, timeout=POLL_S)
             await run
             # every outbox is empty: the cloud's commit marks covered everything; wait until the counts show it
             expected = fleet.stats().stored
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 30
             while db.messages < expected and time.monotonic() < deadline:
                 db = await asyncio.to_thread(_counts, conn, prefix)
-                live.update(_view(fleet, db, ingest.stats.line(), started, days))
+                show()
                 await asyncio.sleep(POLL_S / 4)
+            show(force=True)
         finally:
             if not run.done():
                 run.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await run
-    return db
+    return db, phase
 
 
 def demo(
     devices: Annotated[int, typer.Option(help="simulated devices (each a real edge agent)")] = 300,
     days: Annotated[float, typer.Option(help="simulated days of use, ending now, compressed")] = 7.0,
     seed: Annotated[int, typer.Option()] = 1,
+    budget: Annotated[
+        float,
+        typer.Option(
+            help="seconds the whole demo may take: the fleet stops at the simulated day it reached in time, "
+            "and the exactly-once check runs on what it sent"
+        ),
+    ] = DEMO_BUDGET_S,
 ) -> None:
     """Run the platform (broker, ingest, alerts, database) and a simulated fleet, with a live summary."""
+    started = time.monotonic()
+    try:
+        plan = DemoBudget.of(budget)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     import psycopg
 
     from cloud.alerts.config import AlertConfig
@@ -162,8 +274,14 @@ def demo(
         raise typer.Exit(2) from None
     console.print(f"database {describe(config.database_url)} ready ({len(applied)} migration(s) applied now)")
     with _broker(os.environ.get("MICROFLEET_MQTT_URL")) as mqtt_url, tempfile.TemporaryDirectory() as tmp:
-        console.print(f"broker {mqtt_url}; {devices} devices '{prefix}-*' living {days:g} days, compressed")
-        cloud = CloudConfig.from_env(mqtt_url=mqtt_url, consumer_id=f"{prefix}-ingest")
+        console.print(
+            f"broker {mqtt_url}; {devices} devices '{prefix}-*' living up to {days:g} days, compressed, "
+            f"within {plan.total_s:g} s"
+        )
+        mark_delay = float(os.environ.get("MICROFLEET_MARK_DELAY_S", DEMO_MARK_DELAY_S))
+        cloud = CloudConfig.from_env(
+            mqtt_url=mqtt_url, consumer_id=f"{prefix}-ingest", mark_delay_s=mark_delay
+        )
         ingest = IngestService(cloud, stats_interval_s=3600)
         alerts = AlertService(AlertConfig.from_env(cloud, consumer_id=f"{prefix}-alerts"))
         ingest.start()
@@ -181,11 +299,12 @@ def demo(
             fleet_config = FleetConfig(scenario, mqtt_url, Path(tmp))
             with psycopg.connect(config.database_url, autocommit=True) as conn:
 
-                async def main() -> tuple[DbCounts, Any]:
+                async def main() -> tuple[DbCounts, Phase, Any]:
                     async with Fleet(fleet_config) as fleet:
-                        return await _drive(fleet, conn, prefix, ingest, days), fleet.stats()
+                        db, phase = await _drive(fleet, conn, prefix, ingest, days, plan, started)
+                        return db, phase, fleet.stats()
 
-                db, stats = asyncio.run(main())
+                db, phase, stats = asyncio.run(main())
                 time.sleep(2)  # the alert engine reads the same messages: let it catch up for the tally
                 db = _counts(conn, prefix)
         finally:
@@ -194,7 +313,10 @@ def demo(
     loss = stats.stored - db.messages
     summary = Table(title="result", show_header=False)
     summary.add_row("devices", str(stats.devices))
-    summary.add_row("simulated days", f"{stats.sim_time_s / 86400:.1f}")
+    cut = " (stopped at the time budget)" if phase.stopped_early else ""
+    summary.add_row("simulated days", f"{stats.sim_time_s / 86400:.1f} of {days:g}{cut}")
+    summary.add_row("real time", f"{time.monotonic() - started:.0f} s (budget {plan.total_s:g} s)")
+    summary.add_row("outbox depth at the end", str(stats.outbox_depth))
     summary.add_row("sessions", f"{db.sessions} ({db.sessions_ended} ended)")
     summary.add_row("messages stored by devices", str(stats.stored))
     summary.add_row("messages committed in the database", str(db.messages))
