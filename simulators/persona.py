@@ -41,7 +41,7 @@ class Persona:
     spike_per_s: float = 0.0  # good gel: no impedance spikes (a spike is the dry-skin zap, DOMAIN T5)
     contact_loss_per_s: float = 0.002
     zones: tuple[Zone, ...] = FACE
-    ua_scale: float = 1.0  # pro devices: more current per level
+    ua_scale: float = 1.0  # more (or less) current per level than the model's scale
     model: str = "mf-home-1"
     auto_off_s: int | None = AUTO_OFF_S
     active_days: int | None = None  # lapsed user: stops after N days
@@ -106,14 +106,17 @@ PERSONAS: dict[str, Persona] = {
         ),
         _p("lapsed_user", ("O5",), weekdays=EVERY_DAY, active_days=21),
         _p("zone_misuser", ("O7",), zones=(*FACE[:3], Zone.ORBITAL, Zone.TEMPLE, *FACE[3:])),
+        # a compliant clinic: the pro model's 12-level scale (10-600 µA on a 0.1 cm² probe), kept within
+        # the pro protocol's face limits: levels 2-3 are 64-117 µA, under T6's warning (1 mA/cm² rms =
+        # 141 µA peak at a 0.5 duty cycle) and T8's 200 µA face cap. It raises nothing, as a compliant
+        # home user does (before, levels 4-5 of the home scale x 1.5 = 480-600 µA: T6 critical on every
+        # session).
         _p(
             "clinic_esthetician",
-            ("T6",),
             weekdays=(0, 1, 2, 3, 4, 5),
             sessions_per_day=(6, 10),
             session_s=(1800, 3300),
-            levels=(4, 5),
-            ua_scale=1.5,
+            levels=(2, 3),
             model="mf-pro-1",
             auto_off_s=None,
             first_start_h=(9.0, 9.5),

@@ -1,7 +1,8 @@
 """A seeded simulated sensor: what the device would measure for a given persona.
 
-- current follows the level (edge.sensor.level_setpoint_ua: 1..5 -> 80..400 µA, times the persona's
-  `ua_scale`: pro devices) with ±2 % noise;
+- current follows the level on the persona's model scale (`setpoint_ua`: the model's level 1 to its rated
+  maximum, contract.protocol.MODEL_LIMITS; mf-home-1: 1..5 -> 80..400 µA, mf-pro-1: 1..12 -> 10..600 µA),
+  times the persona's `ua_scale`, with ±2 % noise;
 - impedance on contact drifts around a per-session base drawn from the persona (good gel 3-10 kΩ,
   dry 40-150 kΩ), with occasional spikes (x4 for one second);
 - voltage = I * R, capped at the compliance voltage; when capped, the current falls to V / R
@@ -15,12 +16,24 @@ from __future__ import annotations
 import random
 from datetime import datetime
 
+from contract.protocol import MODEL_LIMITS
 from edge.sensor import Reading, level_setpoint_ua
 from simulators.persona import Persona
 
 COMPLIANCE_V = 15.0  # [ASSUMPTION] a battery device's output stage: 400 µA up to 37 kΩ
 OPEN_CIRCUIT_OHM = 2_000_000.0
 SPIKE_FACTOR = 4.0
+
+
+def setpoint_ua(model: str, level: int) -> float:
+    """The model's level -> µA map, linear from its level 1 to its rated maximum (an unknown model: the
+    at-home 1..5 -> 80..400 µA of edge.sensor)."""
+    m = MODEL_LIMITS.get(model)
+    if m is None:
+        return level_setpoint_ua(level)
+    clamped = max(1, min(m.max_level, level))
+    step = (m.rated_max_current_ua - m.level1_ua) / max(1, m.max_level - 1)
+    return m.level1_ua + (clamped - 1) * step
 
 
 class SimulatedSensor:
@@ -56,7 +69,7 @@ class SimulatedSensor:
             return Reading(now, 0.0, COMPLIANCE_V, OPEN_CIRCUIT_OHM, False, zone)
         self._base *= rng.uniform(0.98, 1.02)
         impedance = self._base * (SPIKE_FACTOR if rng.random() < p.spike_per_s else 1.0)
-        current = level_setpoint_ua(level) * p.ua_scale * rng.uniform(0.98, 1.02)
+        current = setpoint_ua(p.model, level) * p.ua_scale * rng.uniform(0.98, 1.02)
         voltage = current * 1e-6 * impedance
         if voltage > COMPLIANCE_V:
             voltage = COMPLIANCE_V

@@ -102,3 +102,27 @@ def test_replica_slices_cover_every_device_once() -> None:
     assert replica_number("microfleet-simulator-3") == 3
     with pytest.raises(ValueError, match="MICROFLEET_SIM_REPLICA"):
         replica_number("abc")
+
+
+def test_a_compliant_clinic_stays_within_the_pro_alert_limits() -> None:
+    """The clinic persona on mf-pro-1, judged with the parameters the alert engine gives a pro model (no
+    protocol: the model's pro profile): no T6 (rms density on the 0.1 cm² probe) and no T8 (face cap)."""
+    from cloud.alerts.params import MODEL_OVERRIDES, profile_for_model, resolve_rule_params
+
+    clinic = PERSONAS["clinic_esthetician"]
+    assert clinic.model == "mf-pro-1" and not clinic.expected
+    params = resolve_rule_params(profile_for_model(clinic.model), MODEL_OVERRIDES[clinic.model])
+    rng = random.Random(5)
+    for seed in range(20):
+        plan = plan_session(clinic, rng, seed, 9 * 3600)
+        sensor = SimulatedSensor(clinic, random.Random(seed))
+        acc = SummaryAccumulator(level_start=plan.level_start)
+        peak = 0.0
+        for _ in range(600):
+            r = sensor.read(NOW, plan.level_start)
+            peak = max(peak, r.current_ua)
+            acc.add(r.current_ua, r.voltage_v, r.impedance_ohm, r.contact, r.zone)
+        s = acc.summary(600)
+        density = s.current_ua_p95 / 1000 * params.hw.duty_cycle**0.5 / params.hw.electrode_area_cm2
+        assert density <= params.t6.warn_ma_cm2, f"T6: {density:.2f} mA/cm² at level {plan.level_start}"
+        assert peak <= params.t8.face_cap_ua - params.t8.clear_margin_ua, f"T8: {peak:.0f} µA"

@@ -78,8 +78,8 @@ SHORTER: dict[str, dict[str, Any]] = {
     "sensitive_skin": {"session_s": (150, 180)},  # T4: up-then-down at 60-129 s
     "lapsed_user": {"session_s": (120, 150)},  # O5: days of use, whatever their length
     "zone_misuser": {"session_s": (150, 180)},  # O7: from 1 s on the orbital/temple zones
-    # T6: the rms current density of ANY session on the pro probe; one shorter session a working day
-    # instead of 6-10 of 30-55 min (1 M samples per device)
+    # a compliant clinic must stay quiet (T6 judges the density of ANY session on the pro probe, T8 the
+    # face cap): one shorter session a working day instead of 6-10 of 30-55 min (1 M samples per device)
     "clinic_esthetician": {"session_s": (120, 180), "sessions_per_day": (1, 1)},
 }
 
