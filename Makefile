@@ -20,9 +20,9 @@ PYTEST_ARGS ?=
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-venv: $(STAMP)  ## create .venv and install microfleet with its dev extras (quick when up to date)
+venv: $(STAMP)  ## create .venv and install microfleet with its dev extras at the locked versions (requirements/dev.lock)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/dev.lock
 	@if [ -z "$(PYTHON)" ]; then echo "make venv: no Python >= 3.11 found; install python3 (>= 3.11) or pass PYTHON=..." >&2; exit 1; fi
 	@if [ ! -x $(VENV)/bin/python ]; then \
 	  echo "creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"; \
@@ -34,7 +34,8 @@ $(STAMP): pyproject.toml
 	    else echo "make venv: '$(PYTHON) -m venv' failed; install python3-venv" >&2; exit 1; fi; \
 	  fi; \
 	fi
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@# the versions of requirements/dev.lock exactly (scripts/lock writes it): a fresh clone gets what CI ran
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c requirements/dev.lock -e '.[dev]'
 	@touch $(STAMP)
 
 services:  ## install (Debian, as root) and start PostgreSQL, Mosquitto and the npm test packages
