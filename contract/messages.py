@@ -214,7 +214,10 @@ class SyncRequest(
     `floor` is the lowest seq its outbox still holds (`next_seq` when it is empty): every seq below it was
     either committed (covered by an earlier mark) or given up by the outbox's overflow policy, so the cloud
     may move the device's mark up to `floor - 1` whatever it has seen. `next_seq` is the next number the
-    device will give: a mark at or beyond it belongs to an earlier life of this device id (a reset outbox).
+    device will give. `epoch` names this life of the device's outbox (made with it): a new epoch tells the
+    cloud the device's numbering restarted (a reset outbox), so its mark restarts at the floor. The numbers
+    alone cannot say so: a sync may be overtaken by later messages through another consumer of the shared
+    group, and then look "older" than the mark without any reset.
     """
 
     schema_version: int = SCHEMA_VERSION
@@ -222,6 +225,7 @@ class SyncRequest(
     ts: AwareDatetime
     floor: Seq
     next_seq: Seq
+    epoch: Annotated[str, msgspec.Meta(max_length=64)] = ""
 
 
 KIND_OF: dict[type[_Uplink], Uplink] = {

@@ -7,7 +7,7 @@ On every connection:
   2. the device subscribes to `mf/v1/<id>/down/#` and hands each message to the handler registered for
      its kind (the last topic level); a handler that fails is logged with topic and payload, the others
      run on;
-  3. (ack_mode "committed") a SyncRequest(floor, next_seq) goes to `mf/v1/<id>/up/sync` at QoS 1 (not
+  3. (ack_mode "committed") a SyncRequest(floor, next_seq, epoch) goes to `mf/v1/<id>/up/sync` at QoS 1 (not
      stored in the outbox): the cloud answers with the device's CommitMark;
   4. the outbox is drained oldest-first at QoS 1 with at most `inflight` unacknowledged messages.
 Any connection loss ends the connection's task group; the link waits a capped, fully jittered backoff
@@ -384,7 +384,11 @@ class Link:
         """Publish a SyncRequest: the cloud answers with this device's CommitMark."""
         ob = self._outbox
         request = SyncRequest(
-            device_id=self._cfg.device_id, ts=self._clock.now(), floor=ob.floor(), next_seq=ob.next_seq
+            device_id=self._cfg.device_id,
+            ts=self._clock.now(),
+            floor=ob.floor(),
+            next_seq=ob.next_seq,
+            epoch=ob.epoch,
         )
         self._sync_wanted = False
         code = await client.publish_code(self._sync_topic, encode(request))

@@ -3,6 +3,10 @@ committed it: `commit_through(n)` applies the cloud's CommitMark (every seq <= n
 DELETE. `ack_many` deletes single rows on their PUBACK instead, for a broker without microfleet's cloud
 (EdgeConfig.ack_mode="broker"). SQLite in WAL mode, one message table plus a small meta table.
 
+Epoch. A random id made with the outbox and kept in meta (`epoch`): this life of the device's numbering. The
+agent sends it in every SyncRequest, so the cloud can tell a reset outbox (a new epoch) from a sync that
+later messages merely overtook.
+
 Commit marks. The highest mark applied is kept in meta (`committed_through`, -1 before the first): marks
 are cumulative and monotonic, so a lower (or equal) mark changes nothing. `floor()` is the lowest seq
 the outbox still holds (`next_seq` when empty): what the agent reports in its SyncRequest. Rejecting a
@@ -37,6 +41,7 @@ file cannot be opened as a multi-device file and vice versa (OutboxError says so
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,6 +247,11 @@ class Outbox:
         self._next_seq = int(self._meta("next_seq", 0))
         self._dropped = {k: int(self._meta(f"dropped:{k.value}", 0)) for k in Uplink}
         self._committed = int(self._meta("committed_through", -1))
+        epoch = self._meta("epoch", None)
+        if epoch is None:  # a new outbox (or one from before epochs): a new life of the numbering
+            epoch = uuid.uuid4().hex
+            self._db.execute(self._sql.meta_set, (device_id, "epoch", epoch))
+        self.epoch = str(epoch)
 
     # -- reads ---------------------------------------------------------------------------------------
 

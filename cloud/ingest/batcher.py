@@ -47,7 +47,7 @@ MIN_LATE_HORIZON = OUTBOX_OFFLINE_CAPACITY + timedelta(days=2)
 DEFAULT_LATE_HORIZON = MIN_LATE_HORIZON
 LATE_MARGIN = timedelta(days=1)  # between the horizon and compress_after: a batch retried for a while
 NO_LATE_HORIZON = timedelta(days=100 * 366)  # nothing drops old data: accept anything after 1926 or so
-Sync = tuple[str, int, int]  # (device_id, floor, next_seq) of a SyncRequest
+Sync = tuple[str, int, int, str]  # (device_id, floor, next_seq, epoch) of a SyncRequest
 
 
 def late_horizon_for(
@@ -138,7 +138,7 @@ class Batcher(Generic[T]):
         try:
             if topic.endswith("/sync"):
                 sync = decode_sync(topic, payload, now, max_bytes=self.max_payload)
-                self._syncs.append((sync.device_id, sync.floor, sync.next_seq))
+                self._syncs.append((sync.device_id, sync.floor, sync.next_seq, sync.epoch))
                 return None
             message = decode_uplink(topic, payload, now, max_bytes=self.max_payload)
             if rows.oldest_time(message) < now - self.late_horizon:

@@ -7,9 +7,11 @@ committed, and must reach every committed one.
 
 `advance(cur, receipts, syncs)` runs inside the transaction of every ingest batch (cloud/ingest/writer.py):
   1. insert the missing mark rows, then lock the batch's devices' rows FOR UPDATE, in device_id order;
-  2. apply the SyncRequests: through := greatest(through, floor - 1); a `next_seq <= through` means the
-     device's outbox was reset (a new life of the id): through := floor - 1 and its receipts are deleted;
-     the device asked, so `requested` := true;
+  2. apply the SyncRequests: through := greatest(through, floor - 1); a sync whose epoch differs from the
+     device's known one means its outbox was reset (a new life of the numbering): through := floor - 1 and
+     its receipts are deleted. A sync with the known epoch whose next_seq is at or below the mark is NOT a
+     reset: it was overtaken by later messages through another member of the shared group (a sync has no
+     seq of its own), so it moves nothing back. The device asked, so `requested` := true;
   3. for each device whose through + 1 is among the batch's receipts (or whose through a sync moved), read
      its stored receipts above through, and move through to the end of the contiguous run of both;
   4. store the batch's receipts that stay above the new mark, delete the stored ones it passed, and update
@@ -60,8 +62,12 @@ _INSERT_MISSING = (
     "ON CONFLICT (device_id) DO NOTHING"
 )
 _LOCK = (
-    "SELECT device_id, through FROM commit_marks WHERE device_id = ANY(%s::text[]) "
+    "SELECT device_id, through, epoch FROM commit_marks WHERE device_id = ANY(%s::text[]) "
     "ORDER BY device_id FOR UPDATE"
+)
+_EPOCH = (
+    "UPDATE commit_marks AS m SET epoch = u.e FROM unnest(%s::text[], %s::text[]) AS u(d, e) "
+    "WHERE m.device_id = u.d"
 )
 _SCAN = (
     "SELECT r.device_id, r.seq FROM unnest(%s::text[], %s::bigint[]) AS c(d, t) "
@@ -87,7 +93,7 @@ _UPDATE = (
 class Advance:
     devices: int  # mark rows locked
     advanced: int  # devices whose mark moved up
-    resets: tuple[str, ...] = ()  # devices whose outbox was reset (a SyncRequest with next_seq <= through)
+    resets: tuple[str, ...] = ()  # devices whose outbox was reset (a SyncRequest with a new epoch)
 
 
 def run_end(through: int, seqs: Iterable[int]) -> int:
@@ -98,15 +104,19 @@ def run_end(through: int, seqs: Iterable[int]) -> int:
     return through
 
 
-def apply_syncs(through: dict[str, int], syncs: Sequence[Sync]) -> set[str]:
-    """Pure: apply SyncRequests (in order) to the marks in `through`; returns the devices that were reset."""
+def apply_syncs(through: dict[str, int], epochs: dict[str, str], syncs: Sequence[Sync]) -> set[str]:
+    """Pure: apply SyncRequests (in order) to the marks in `through` and the known outbox `epochs` (''
+    unknown); returns the devices that were reset (a sync with another epoch than the known one)."""
     resets: set[str] = set()
-    for device, floor, next_seq in syncs:
-        if next_seq <= through[device]:
+    for device, floor, _next_seq, epoch in syncs:
+        known = epochs.get(device, "")
+        if epoch and known and epoch != known:
             through[device] = floor - 1
             resets.add(device)
         else:
             through[device] = max(through[device], floor - 1)
+        if epoch:
+            epochs[device] = epoch
     return resets
 
 
@@ -117,13 +127,18 @@ def advance(cur: psycopg.Cursor[Any], receipts: Sequence[Receipt], syncs: Sequen
         return Advance(0, 0)
     cur.execute(_INSERT_MISSING, (devices,))
     cur.execute(_LOCK, (devices,))
-    before = {str(d): int(t) for d, t in cur.fetchall()}
-    through = dict(before)
-    resets = apply_syncs(through, syncs)
+    locked = cur.fetchall()
+    before = {str(d): int(t) for d, t, _e in locked}
+    known = {str(d): str(e) for d, _t, e in locked}
+    through, epochs = dict(before), dict(known)
+    resets = apply_syncs(through, epochs, syncs)
+    moved = sorted(d for d, e in epochs.items() if e != known.get(d, ""))
+    if moved:
+        cur.execute(_EPOCH, (moved, [epochs[d] for d in moved]))
     floored = {d for d in devices if through[d] > before[d]}  # stored receipts at or below it are passed
     if resets:
         log.warning(
-            "outbox reset on %d device(s) (a sync's next_seq <= its mark): marks restart at their floor: %s",
+            "outbox reset on %d device(s) (a sync with a new epoch): marks restart at their floor: %s",
             len(resets),
             ", ".join(sorted(resets)[:10]),
         )

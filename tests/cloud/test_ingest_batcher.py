@@ -181,7 +181,7 @@ def test_syncs_and_receipts_of_stored_and_quarantined_messages() -> None:
     assert b.add(topics.uplink("d", Uplink.SYNC), b'{"seq":8}', 3, now=NOW, mono=0.0) is Reason.SCHEMA
     assert b.add("mf/v1/bad id/up/event", b'{"seq":9}', 4, now=NOW, mono=0.0) is Reason.BAD_TOPIC
     batch = b.take()
-    assert batch.syncs == [("d", 2, 9)] and batch.acks == [0, 1, 2, 3, 4]
+    assert batch.syncs == [("d", 2, 9, "")] and batch.acks == [0, 1, 2, 3, 4]
     assert batch.receipts == [("d", 4), ("d", 7)]  # no seq for a sync, no device for a bad topic
 
 

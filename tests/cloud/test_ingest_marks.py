@@ -25,10 +25,19 @@ def test_run_end_is_the_end_of_the_contiguous_run(through: int, seqs: set[int]) 
     assert end >= through and all(s in seqs for s in range(through + 1, end + 1)) and end + 1 not in seqs
 
 
-def test_syncs_raise_the_mark_to_the_floor_and_a_reset_restarts_it() -> None:
-    through = {"a": 5, "b": 5, "c": 5}
-    resets = marks.apply_syncs(through, [("a", 3, 9), ("b", 9, 12), ("c", 0, 2)])
-    assert through == {"a": 5, "b": 8, "c": -1} and resets == {"c"}
+def test_syncs_raise_the_mark_to_the_floor_and_only_a_new_epoch_restarts_it() -> None:
+    through = {"a": 5, "b": 5, "c": 5, "d": 5, "e": 5}
+    epochs = {"a": "E1", "b": "E1", "c": "E1", "d": "E1"}
+    syncs = [
+        ("a", 3, 9, "E1"),
+        ("b", 9, 12, "E1"),
+        ("c", 0, 2, "E2"),  # a reset outbox: a new epoch
+        ("d", 0, 2, "E1"),  # the same life, overtaken by later messages: not a reset, nothing moves back
+        ("e", 2, 4, "E9"),  # the first epoch the cloud hears of: remembered
+    ]
+    resets = marks.apply_syncs(through, epochs, syncs)
+    assert through == {"a": 5, "b": 8, "c": -1, "d": 5, "e": 5} and resets == {"c"}
+    assert epochs == {"a": "E1", "b": "E1", "c": "E2", "d": "E1", "e": "E9"}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +55,7 @@ def dsn(migrated: str) -> str:
 
 
 def advance(
-    dsn: str, receipts: list[tuple[str, int]], syncs: list[tuple[str, int, int]] | None = None
+    dsn: str, receipts: list[tuple[str, int]], syncs: list[tuple[str, int, int, str]] | None = None
 ) -> marks.Advance:
     with psycopg.connect(dsn) as conn, conn.transaction():
         return marks.advance(conn.cursor(), receipts, syncs or [])
@@ -75,20 +84,32 @@ def test_a_gap_holds_the_mark_until_it_is_filled(dsn: str) -> None:
 
 def test_a_floor_covers_what_the_device_gave_up_and_requests_a_mark(dsn: str) -> None:
     advance(dsn, [("a", 0), ("a", 3), ("a", 4), ("a", 7)])
-    advance(dsn, [], [("a", 3, 9)])  # 1 and 2 dropped by the outbox: floor 3
+    advance(dsn, [], [("a", 3, 9, "E1")])  # 1 and 2 dropped by the outbox: floor 3
     assert state(dsn) == ({"a": (4, -1, True)}, [("a", 7)])
 
 
 def test_a_sync_from_a_reset_outbox_restarts_the_mark(dsn: str) -> None:
-    advance(dsn, [("a", s) for s in range(10)] + [("a", 12)])
-    result = advance(dsn, [("a", 0)], [("a", 0, 3)])  # a new life: next_seq 3 <= through 9
+    advance(dsn, [("a", 0)], [("a", 1, 1, "E1")])
+    advance(dsn, [("a", s) for s in range(1, 10)] + [("a", 12)])
+    result = advance(dsn, [("a", 0)], [("a", 0, 3, "E2")])  # a new life of the outbox: a new epoch
     assert result.resets == ("a",)
     assert state(dsn) == ({"a": (0, -1, True)}, [])
 
 
+def test_a_sync_overtaken_by_later_messages_moves_nothing_back(dsn: str) -> None:
+    """A device syncs on connect, then sends; through another consumer its messages commit first. The late
+    sync (next_seq below the mark now) is the same life: before the epoch it looked like a reset and wiped
+    the device's receipts, stalling its mark until the device re-sent everything."""
+    advance(dsn, [("a", 0)])
+    advance(dsn, [("a", s) for s in range(1, 10)] + [("a", 12)])
+    result = advance(dsn, [], [("a", 1, 1, "E1")])
+    assert result.resets == ()
+    assert state(dsn) == ({"a": (9, -1, True)}, [("a", 12)])
+
+
 def test_claim_due_by_request_count_or_delay_and_unclaim(dsn: str) -> None:
     advance(dsn, [("many", s) for s in range(10)] + [("few", 0)])
-    advance(dsn, [], [("asked", 0, 0)])
+    advance(dsn, [], [("asked", 0, 0, "E1")])
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert sorted(marks.claim_due(conn, delay_s=3600, every=10)) == [("asked", -1), ("many", 9)]
         assert marks.claim_due(conn, delay_s=3600, every=10) == []
@@ -102,7 +123,7 @@ def test_claim_due_by_request_count_or_delay_and_unclaim(dsn: str) -> None:
 
 
 def test_claim_skips_a_mark_an_ingest_transaction_holds(dsn: str) -> None:
-    advance(dsn, [("a", 0)], [("a", 0, 1)])
+    advance(dsn, [("a", 0)], [("a", 0, 1, "E1")])
     with psycopg.connect(dsn) as holder, psycopg.connect(dsn, autocommit=True) as loop:
         with holder.transaction():
             marks.advance(holder.cursor(), [("a", 1)], [])

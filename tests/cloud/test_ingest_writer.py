@@ -207,7 +207,7 @@ def test_syncs_move_marks_in_the_batch_transaction_and_marks_can_be_off(
             to_wire(event("dev-s", 5)),
         ]
     )
-    assert batch.syncs == [("dev-s", 5, 9)] and len(batch.quarantine) == 1
+    assert batch.syncs == [("dev-s", 5, 9, "")] and len(batch.quarantine) == 1
     result = writer.write_once(batch)
     assert result.syncs == 1 and result.marks_advanced == 1 and result.messages == 4
     assert mark_of(dsn, "dev-s") == (6, True) and mark_of(dsn, "dev-t") is None

@@ -164,3 +164,15 @@ def test_marks_against_a_model(
         assert ob.floor() == (min(held) if held else ob.next_seq)
         assert [r.seq for r in ob.peek(1000)] == sorted(held)
     ob.close()
+
+
+def test_the_epoch_is_made_with_the_outbox_and_kept_for_its_life(tmp_path: Path) -> None:
+    """SyncRequest.epoch: the cloud restarts a device's mark only for a new epoch (a reset outbox)."""
+    first = Outbox(tmp_path / "a" / "outbox.db", "dev-e", max_rows=10, max_bytes=10_000)
+    epoch = first.epoch
+    first.close()
+    again = Outbox(tmp_path / "a" / "outbox.db", "dev-e", max_rows=10, max_bytes=10_000)
+    reset = Outbox(tmp_path / "b" / "outbox.db", "dev-e", max_rows=10, max_bytes=10_000)
+    assert len(epoch) == 32 and again.epoch == epoch and reset.epoch != epoch
+    again.close()
+    reset.close()
