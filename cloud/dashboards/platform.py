@@ -1,8 +1,9 @@
 """Platform health: ingest rate and lag, consumers, sequence gaps, quarantine by reason, and the outbox
-backlog that devices report in their status."""
+backlog that devices report in their status (SQL); then the services' live metrics (Prometheus: prom.py)."""
 
 from __future__ import annotations
 
+from cloud.dashboards import prom
 from cloud.dashboards.spec import Col, DashboardSpec, PanelSpec, Viz, device_filter
 from cloud.dashboards.variables import STANDARD
 
@@ -94,7 +95,10 @@ LIMIT 20
 DASHBOARD = DashboardSpec(
     uid="mf-platform",
     title="microfleet / Platform health",
-    description="Ingest rate and lag, quarantine by reason, sequence gaps, outbox backlog on devices.",
+    description=(
+        "Ingest rate and lag, quarantine by reason, sequence gaps, outbox backlog on devices; and the "
+        "services' live metrics from Prometheus (readiness, throughput, latency, alerts, rollouts)."
+    ),
     time_from="now-1h",
     refresh="30s",
     variables=STANDARD,
@@ -182,5 +186,6 @@ DASHBOARD = DashboardSpec(
             ),
             width=24,
         ),
+        *prom.PANELS,
     ),
 )

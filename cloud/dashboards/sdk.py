@@ -12,6 +12,7 @@ from grafana_foundation_sdk.builders import (
     common,
     dashboard,
     piechart,
+    prometheus,
     stat,
     table,
     timeseries,
@@ -28,6 +29,8 @@ from cloud.dashboards.spec import ALL_VALUE, DashboardSpec, PanelSpec, VariableS
 DATASOURCE_TYPE = "grafana-postgresql-datasource"
 DATASOURCE_UID = "microfleet-tsdb"
 DATASOURCE = dashboard_models.DataSourceRef(type_val=DATASOURCE_TYPE, uid=DATASOURCE_UID)
+# the services' own metrics (deploy/grafana/provisioning/datasources/prometheus.yaml)
+PROMETHEUS = dashboard_models.DataSourceRef(type_val="prometheus", uid="microfleet-prometheus")
 
 
 class SqlQuery(cogvariants.Dataquery):
@@ -121,7 +124,14 @@ def _panel(spec: PanelSpec, panel_id: int) -> PanelBuilder:
             p = p.stacking(common_models.StackingMode.NORMAL)
     else:
         p = bargauge.Panel().reduce_options(all_rows).orientation(common_models.VizOrientation.HORIZONTAL)
-    p = p.id(panel_id).title(spec.title).datasource(DATASOURCE).with_target(SqlTarget(spec.sql, spec.format))
+    if spec.promql:
+        p = p.id(panel_id).title(spec.title).datasource(PROMETHEUS)
+        for i, (expr, legend) in enumerate(spec.promql):
+            q = prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(chr(ord("A") + i))
+            p = p.with_target(q.datasource(PROMETHEUS))
+    else:
+        p = p.id(panel_id).title(spec.title).datasource(DATASOURCE)
+        p = p.with_target(SqlTarget(spec.sql, spec.format))
     p = p.span(spec.width).height(spec.height)
     if spec.description:
         p = p.description(spec.description)

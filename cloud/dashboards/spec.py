@@ -37,6 +37,9 @@ class PanelSpec:
     width: int = 8
     height: int = 8
     stacked: bool = False  # bar charts: stack the numeric columns of each row
+    # a Prometheus panel (the services' /metrics, cloud/dashboards/prom.py): (PromQL, legend) per target;
+    # `sql` and `columns` stay empty
+    promql: tuple[tuple[str, str], ...] = ()
 
     @property
     def format(self) -> str:
