@@ -37,14 +37,35 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     database_url: DsnOption = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    log_level: Annotated[
+        str | None, typer.Option(help="Log level (default MICROFLEET_LOG_LEVEL, else info).")
+    ] = None,
 ) -> None:
-    """Serve the API (OpenAPI document at /openapi.json, interactive docs at /docs)."""
+    """Serve the API (OpenAPI document at /openapi.json, interactive docs at /docs; /healthz, /readyz and
+    Prometheus /metrics on the same port). Logs: MICROFLEET_LOG_FORMAT=json for one JSON object per line
+    (uvicorn's access and error logs included)."""
+    import os
+
     import uvicorn
 
     from cloud.api.app import create_app
+    from cloud.runtime import logs
 
-    uvicorn.run(create_app(_config(database_url)), host=host, port=port, log_level=log_level)
+    env = dict(os.environ)
+    if log_level:
+        env["MICROFLEET_LOG_LEVEL"] = log_level
+    try:
+        logs.setup(env=env)
+    except ValueError as exc:
+        raise _fail(f"error: {exc}") from None
+    # log_config=None: uvicorn's loggers go through the root handler set up above (text or JSON)
+    uvicorn.run(
+        create_app(_config(database_url)),
+        host=host,
+        port=port,
+        log_config=None,
+        log_level=logs.settings(env=env)[0],
+    )
 
 
 @token_app.command("create")
