@@ -2,42 +2,83 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from datetime import timedelta
 from typing import Annotated
 
 import typer
 
 app = typer.Typer(no_args_is_help=True)
+log = logging.getLogger(__name__)
+
+
+RESTART_MIN_S = 1.0  # a child that died is started again after this, doubling while it keeps dying
+RESTART_MAX_S = 30.0
+STABLE_S = 60.0  # a child that ran this long before dying starts again after RESTART_MIN_S
+
+
+def restart_delay(previous_s: float | None, ran_s: float) -> float:
+    """Pure: how long to wait before starting a child again that died after running `ran_s` seconds."""
+    if previous_s is None or ran_s >= STABLE_S:
+        return RESTART_MIN_S
+    return min(previous_s * 2, RESTART_MAX_S)
 
 
 def _run_many(processes: int, prefix: str, args: list[str], metrics_port: int | None) -> None:
-    children = [
-        subprocess.Popen(
+    """Run N consumer processes and supervise them: a child that dies (a crash, a worker thread's death:
+    exit code 70) is started again with the same consumer id, so it takes back its broker session and
+    what the broker kept for it. SIGTERM/SIGINT go to every child, which then leave the group cleanly."""
+
+    def command(i: int) -> list[str]:
+        return (
             [sys.executable, "-m", "cloud.ingest", "--consumer-id", f"{prefix}-{i}", *args]
             + ([] if i == 1 else ["--no-housekeeping"])
             # each child its own metrics port: the base port, +1, +2 ... (0: each any free port)
             + ([] if metrics_port is None else ["--metrics-port", str(metrics_port and metrics_port + i - 1)])
         )
-        for i in range(1, processes + 1)
-    ]
+
+    children = {i: subprocess.Popen(command(i)) for i in range(1, processes + 1)}
+    started = {i: time.monotonic() for i in children}
+    delays: dict[int, float | None] = dict.fromkeys(children)
+    due: dict[int, float] = {}  # child -> monotonic time to start it again
     stop = threading.Event()
 
     def forward(signum: int, _frame: object) -> None:
         stop.set()
-        for child in children:
+        for child in children.values():
             if child.poll() is None:
                 child.send_signal(signum)
 
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, forward)
-    codes = [child.wait() for child in children]
-    if any(codes) and not stop.is_set():
-        raise typer.Exit(max(codes))
+    while not stop.wait(0.2):
+        now = time.monotonic()
+        for i, child in children.items():
+            code = child.poll()
+            if code is not None and i not in due:
+                delay = restart_delay(delays[i], now - started[i])
+                delays[i], due[i] = delay, now + delay
+                log.warning(
+                    "%s-%d exited with code %d; starting it again in %.0f s (same consumer id)",
+                    prefix,
+                    i,
+                    code,
+                    delay,
+                )
+        for i, when in list(due.items()):
+            if now >= when and not stop.is_set():
+                del due[i]
+                children[i] = subprocess.Popen(command(i))
+                started[i] = time.monotonic()
+    codes = [child.wait() for child in children.values()]
+    if any(codes):
+        log.info("consumers stopped with codes %s", codes)
 
 
 @app.command()
