@@ -141,7 +141,9 @@ class Device(BaseModel):
     first_seen: datetime
     updated_at: datetime | None
     registered: bool
-    tags: list[str] = Field(default=[], description="fleet groups (devices.tags): rollouts and protocols target them")
+    tags: list[str] = Field(
+        default=[], description="fleet groups (devices.tags): rollouts and protocols target them"
+    )
 
 
 class DeviceDetail(Device):
