@@ -124,6 +124,9 @@ class NodeRed:
         self._reader = threading.Thread(target=self._read, name="log:node-red", daemon=True)
         self._reader.start()
         wait_until(lambda: any("Connected to broker" in s for s in self.log), 60, what="Node-RED connected")
+        if not any("Running in headless mode" in s for s in self.log):  # no editor, no HTTP listener at all
+            self.close()
+            raise RuntimeError("Node-RED opened its HTTP server: bench/nodered/settings.js was not applied")
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
