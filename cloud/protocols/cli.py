@@ -161,9 +161,9 @@ def list_cmd(
             return
         for s in versions:
             typer.echo(
-                    f"{s.protocol_id} v{s.version}  {s.published_at:%Y-%m-%d %H:%M}Z  by {s.published_by or '-'}  "
-                    f"key {s.key_id}  assigned {s.assigned}"
-                )
+                f"{s.protocol_id} v{s.version}  {s.published_at:%Y-%m-%d %H:%M}Z  by {s.published_by or '-'}  "
+                f"key {s.key_id}  assigned {s.assigned}"
+            )
 
     asyncio.run(run())
 
