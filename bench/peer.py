@@ -309,6 +309,11 @@ def wait_stored(
     return count, t_last
 
 
+def with_db(p: Phase) -> float:
+    """The consumer's CPU and its PostgreSQL backends' per 1,000 samples: what the whole path costs."""
+    return p.cpu_ms_per_1000 + p.db_cpu_ms_per_1000
+
+
 def copy_ceiling(dsn: str, msgs: list[Message], table: str) -> float:
     truncate(dsn)
     with psycopg.connect(dsn) as conn:
@@ -415,6 +420,8 @@ def main() -> None:
         "ratio_drain_samples_per_s": round(mf_drain.samples_per_s / max(nr_drain.samples_per_s, 1e-9), 3),
         "ratio_live_cpu_per_1000": round(mf_live.cpu_ms_per_1000 / max(nr_live.cpu_ms_per_1000, 1e-9), 3),
         "ratio_drain_cpu_per_1000": round(mf_drain.cpu_ms_per_1000 / max(nr_drain.cpu_ms_per_1000, 1e-9), 3),
+        "ratio_live_cpu_with_db_per_1000": round(with_db(mf_live) / max(with_db(nr_live), 1e-9), 3),
+        "ratio_drain_cpu_with_db_per_1000": round(with_db(mf_drain) / max(with_db(nr_drain), 1e-9), 3),
         "ratio_microfleet_drain_to_copy": round(mf_drain.samples_per_s / ceilings["copy_samples"], 3),
         "ratio_microfleet_live_to_copy": round(mf_live.samples_per_s / ceilings["copy_samples"], 3),
         "loss": sum(p.loss for p in phases.values()),
