@@ -73,3 +73,8 @@ clean:  ## remove caches and build output (keeps .venv and node_modules)
 
 distclean: clean  ## also remove .venv and node_modules
 	rm -rf $(VENV) node_modules
+
+# Not part of `make test` (a few minutes, needs Podman): the compose stack for real on this machine.
+.PHONY: compose-test
+compose-test: venv  ## build the images locally (Podman, cached), run the compose stack and its load test with faults, tear down
+	@scripts/compose-test

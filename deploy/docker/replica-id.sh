@@ -18,10 +18,12 @@ import socket
 
 host = socket.gethostname()
 try:
-    name = socket.gethostbyaddr(socket.gethostbyname(host))[0]
+    name, aliases, _ = socket.gethostbyaddr(socket.gethostbyname(host))
 except OSError:
-    name = host
-match = re.search(r"[-_](\d+)(?:\.|$)", name)
+    name, aliases = host, []
+# Docker's DNS answers with the compose name; Podman writes "<ip> <hostname> <compose name>" in /etc/hosts
+matches = (re.search(r"[-_](\d+)(?:\.|$)", n) for n in (name, *aliases))
+match = next((m for m in matches if m), None)
 print(match.group(1) if match else host)
 PY
 )
