@@ -529,12 +529,12 @@ async def main() -> None:
                 await exp_a(cluster, js, Path(tmp))
             if "b" in only:
                 await exp_b(cluster, nc, js)
-            if "c" in only:
-                await exp_c(cluster, js)
             if "e" in only:
                 await exp_e(cluster, js, 1000)
             if "d" in only:
                 await exp_d(cluster, js, args.count, hard=not args.soft)
+            if "c" in only:  # last: it restarts the whole cluster
+                await exp_c(cluster, js)
             await nc.close()
         finally:
             cluster.close()
