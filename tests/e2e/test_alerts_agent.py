@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,21 +52,30 @@ async def test_overuse_notice_reaches_the_agent_and_is_acknowledged(
     tmp_path: Path, broker: Mosquitto, database_url: str
 ) -> None:
     migrate(database_url)
-    now = datetime.now(UTC)
-    clock = ManualClock(now.replace(hour=0, minute=5, second=0, microsecond=0))  # today, local = UTC
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    # The device's local time is about noon whatever the hour of the run in UTC: its three sessions of one
+    # local day (05:50, 08:52, 11:54) lie in the past, and the notice is neither held by quiet hours
+    # (22:00-08:00) nor expired with the day (the test used to start at today's 00:05 UTC, so a run soon
+    # after midnight sent sessions from the future, which the engine rightly refuses).
+    since_midnight = now - now.replace(hour=0, minute=0)
+    offset_min = int((timedelta(hours=12) - since_midnight).total_seconds() // 60)  # within +-12 h
+    clock = ManualClock(now - timedelta(hours=6, minutes=10))
     screen = Screen()
-    cfg = fast_config(tmp_path, broker.url, device_id="over-agent", samples_per_batch=30)
+    cfg = fast_config(
+        tmp_path, broker.url, device_id="over-agent", samples_per_batch=30, tz_offset_min=offset_min
+    )
     with AlertService(engine_config(broker.url, database_url)) as svc:
         assert svc.consumer.subscribed_event.wait(10)
         async with Agent(cfg, clock=clock, display=screen) as agent:
             sensor = DemoSensor(seed=3)
-            for _ in range(3):  # three sessions in one day: O3 (at most one a day, warn at 3)
+            for k in range(3):  # three sessions in one day: O3 (at most one a day, warn at 3)
+                if k:
+                    clock.advance(3 * 3600)  # the device's clock stays in the past: its events follow
                 agent.start_session(3)
                 for _s in range(120):
                     clock.advance(1.0)
                     agent.record(sensor.read(clock.now(), 3))
                 agent.end_session(EndReason.USER)
-                clock.advance(3 * 3600)
             await until(lambda: any(n.rule_id == "O3" for n in screen.shown), "the O3 notice on the device")
             notice = next(n for n in screen.shown if n.rule_id == "O3")
             assert "session" in notice.text.lower() or "rest" in notice.text.lower()
