@@ -62,11 +62,13 @@ def evaluate_profile(
     dev = profile.device_id
     out: list[AlertDecision] = []
     for key, reasons, sev in ((BLOCK_KEY, block, Severity.WARNING), (ADVISE_KEY, advise, Severity.INFO)):
-        ev: dict[str, EvidenceValue] = {"reasons": tuple(reasons)}
+        # Health data stays in the profile (read with a health-data grant, audited): the alert, which every
+        # viewer and the ops webhook see, says that and how many, never which.
+        ev: dict[str, EvidenceValue] = {"contraindications": len(reasons)}
         if reasons:
-            new = raise_unless_open(
-                op, RuleId.C1, sev, dev, key, f"contraindication: {', '.join(reasons)}", ev
-            )
+            what = "blocks sessions" if key == BLOCK_KEY else "asks for advice before use"
+            message = f"a contraindication in the user's profile {what} (see the profile: health data)"
+            new = raise_unless_open(op, RuleId.C1, sev, dev, key, message, ev)
             out += [d if key != BLOCK_KEY else _blocking(d) for d in new]
         else:
             out += clear_if_open(op, RuleId.C1, dev, key, "no contraindication flagged any more", ev)
