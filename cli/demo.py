@@ -199,14 +199,16 @@ async def _drive(
     tty = console.is_terminal
     live = Live(_view(fleet, db, "", started, days), console=console, refresh_per_second=4) if tty else None
     printed = -PROGRESS_EVERY_S  # the first line at once
+    shown_phase = ""
     with live if live is not None else contextlib.nullcontext():
 
         def show(force: bool = False) -> None:
-            nonlocal printed
+            nonlocal printed, shown_phase
             if live is not None:
                 live.update(_view(fleet, db, ingest.stats.line(), started, days))
-            elif force or time.monotonic() - printed >= PROGRESS_EVERY_S:
-                printed = time.monotonic()
+            elif force or phase.name != shown_phase or time.monotonic() - printed >= PROGRESS_EVERY_S:
+                # a line every few seconds, and one at every change of phase (a short phase is seen too)
+                printed, shown_phase = time.monotonic(), phase.name
                 print(progress_line(fleet, db, phase, printed - started, days), flush=True)
 
         run = asyncio.create_task(_lifetime(fleet, budget, started, phase), name="demo-fleet")
@@ -243,6 +245,15 @@ def demo(
             "and the exactly-once check runs on what it sent"
         ),
     ] = DEMO_BUDGET_S,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65534,
+            help="ingest serves /metrics, /healthz and /readyz on this port and the alert engine on the next "
+            "(default MICROFLEET_METRICS_PORT, else any free ports); the URLs are printed at the start",
+        ),
+    ] = None,
 ) -> None:
     """Run the platform (broker, ingest, alerts, database) and a simulated fleet, with a live summary."""
     started = time.monotonic()
@@ -282,10 +293,19 @@ def demo(
         cloud = CloudConfig.from_env(
             mqtt_url=mqtt_url, consumer_id=f"{prefix}-ingest", mark_delay_s=mark_delay
         )
-        ingest = IngestService(cloud, stats_interval_s=3600)
-        alerts = AlertService(AlertConfig.from_env(cloud, consumer_id=f"{prefix}-alerts"))
+        port = metrics_port if metrics_port is not None else (cloud.metrics_port or 0)
+        ingest = IngestService(cloud, stats_interval_s=3600, metrics_port=port)
+        alerts = AlertService(
+            AlertConfig.from_env(cloud, consumer_id=f"{prefix}-alerts"), metrics_port=port and port + 1
+        )
         ingest.start()
         alerts.start()
+        servers = [(name, svc.metrics_server) for name, svc in (("ingest", ingest), ("alerts", alerts))]
+        print(  # one plain line (no wrapping): ops and tests read the URLs from it
+            "metrics (curl them while the demo runs): "
+            + ", ".join(f"{name} {server.url}/metrics" for name, server in servers if server is not None),
+            flush=True,
+        )
         try:
             scenario = Scenario(
                 name="demo",

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 
 from cli.demo import DEMO_BUDGET_S, DemoBudget, demo
 from tests.support.services import ROOT, Mosquitto
@@ -37,6 +38,50 @@ def test_a_budgeted_demo_prints_progress_without_a_terminal_and_checks_exactly_o
     assert "stopped at the time budget" in out
     assert re.search(r"outbox depth at the end\s*│?\s*0", out), out
     assert took < 12 + 25, f"the demo took {took:.0f} s on a 12 s budget"
+
+
+def test_every_service_of_the_demo_serves_live_metrics_while_it_runs(
+    broker: Mosquitto, database_url: str
+) -> None:
+    """issue 14: `curl` on each service's metrics endpoint shows live figures while the demo runs."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "demo", "--devices", "6", "--days", "3", "--budget", "12"],
+        env=os.environ | {"MICROFLEET_DATABASE_URL": database_url, "MICROFLEET_MQTT_URL": broker.url},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        urls: dict[str, str] = {}
+        for line in proc.stdout:
+            if line.startswith("metrics"):
+                urls = dict(re.findall(r"(ingest|alerts) (http://\S+/metrics)", line))
+                break
+        assert set(urls) == {"ingest", "alerts"}, "the demo printed no metrics URLs"
+
+        def figure(url: str, name: str) -> float:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                text = r.read().decode()
+            found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+            return float(found.group(1)) if found else 0.0
+
+        deadline = time.monotonic() + 30
+        live = {"ingest": 0.0, "alerts": 0.0}
+        while time.monotonic() < deadline and not all(live.values()):
+            live = {
+                "ingest": figure(urls["ingest"], "microfleet_ingest_messages_total"),
+                "alerts": figure(urls["alerts"], "microfleet_alerts_messages_total"),
+            }
+            time.sleep(0.2)
+        assert all(v > 0 for v in live.values()), live
+        rest, _ = proc.communicate(timeout=90)
+        assert proc.returncode == 0, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 def test_the_default_demo_is_planned_for_about_two_minutes() -> None:
