@@ -5,6 +5,7 @@ bench/nats_probe.py measures the rest (issue 13; docs/decisions/nats-tier.md).""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -14,13 +15,20 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.support.nats import NatsCluster, nats_server_binary
 
+# Opt-in until the NATS tier is built (issue 13): nats-server 2.9.10 (Debian) may stall its MQTT gateway for up
+# to about a minute after a stream leader dies, which the suite's 10-minute budget cannot carry on every run.
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.skipif(
+        os.environ.get("MICROFLEET_TEST_NATS") != "1",
+        reason="the NATS tier's groundwork: run with MICROFLEET_TEST_NATS=1 (issue 13)",
+    ),
     pytest.mark.skipif(
         nats_server_binary() is None,
         reason="nats-server is not installed: apt-get install -y nats-server (or set MICROFLEET_NATS_SERVER)",
     ),
 ]
+RECONNECT_S = 90.0  # the gateway's stall after a leader loss (about 58 s measured on 2.9.10 in issue 13)
 
 
 def mqtt311_publish(port: int, topic: str, payload: bytes) -> None:
@@ -28,10 +36,11 @@ def mqtt311_publish(port: int, topic: str, payload: bytes) -> None:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="smoke", protocol=mqtt.MQTTv311)
     connected = threading.Event()
     client.on_connect = lambda *a: connected.set()
-    client.connect("127.0.0.1", port)
+    client.connect_async("127.0.0.1", port)
+    client.reconnect_delay_set(1, 2)
     client.loop_start()
     try:
-        assert connected.wait(10), "no CONNACK from the MQTT gateway"
+        assert connected.wait(RECONNECT_S), "no CONNACK from the MQTT gateway"
         info = client.publish(topic, payload, qos=1)
         info.wait_for_publish(10)
         assert info.is_published()
