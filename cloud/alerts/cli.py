@@ -12,6 +12,9 @@ from typing import Annotated, Any
 
 import typer
 
+from cloud.runtime import service_cli
+from cloud.runtime.service_cli import MetricsPort
+
 app = typer.Typer(no_args_is_help=True, help="Alerts: the engine, and the operators' alert commands.")
 
 
@@ -37,42 +40,22 @@ def run(
         ),
     ] = None,
     gate: Annotated[bool, typer.Option(help="Poll device profiles for the safety gate (C1).")] = True,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option(
-            min=0,
-            max=65535,
-            help="Serve /metrics, /healthz and /readyz on this port (0: any free port). "
-            "Default MICROFLEET_METRICS_PORT; off if unset.",
-        ),
-    ] = None,
+    metrics_port: MetricsPort = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run one alert engine in the `alerts` shared-subscription group until SIGTERM/SIGINT.
 
     Logs: MICROFLEET_LOG_LEVEL, MICROFLEET_LOG_FORMAT=json for one JSON object per line."""
     from cloud.alerts.service import AlertService
-    from cloud.config import CloudConfig
-    from cloud.runtime import logs
-    from cloud.runtime.metrics import MetricsPortError
 
-    try:
-        logs.setup(verbose)
-        cloud = CloudConfig.from_env()
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    cloud = service_cli.configure(verbose)
     service = AlertService(
         _cfg(consumer_id=consumer_id),
         gate=gate,
         metrics_port=metrics_port if metrics_port is not None else cloud.metrics_port,
         metrics_host=cloud.metrics_host,
     )
-    try:
-        service.run()
-    except MetricsPortError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    service_cli.run(service.run)
 
 
 @app.command("list")

@@ -14,6 +14,9 @@ from typing import Annotated
 
 import typer
 
+from cloud.runtime import service_cli
+from cloud.runtime.service_cli import MetricsPort
+
 app = typer.Typer(no_args_is_help=True)
 log = logging.getLogger(__name__)
 
@@ -99,33 +102,19 @@ def ingest(
         float | None,
         typer.Option(help="Quarantine data older than this as too_late (default: from storage_policy)."),
     ] = None,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option(
-            min=0,
-            max=65535,
-            help="Serve /metrics, /healthz and /readyz on this port (0: any free port). "
-            "Default MICROFLEET_METRICS_PORT; off if unset. With --processes N: this port, +1, ... +N-1.",
-        ),
-    ] = None,
+    metrics_port: MetricsPort = None,  # with --processes N: this port, +1, ... +N-1
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Consume device uplinks from the broker (MQTT 5 shared subscription) into the database.
 
     Messages are acknowledged only after their transaction commits: kill it at any time and restart it
     with the same --consumer-id; nothing is lost or stored twice. Settings: MICROFLEET_* (cloud/config.py);
-    logs: MICROFLEET_LOG_LEVEL, MICROFLEET_LOG_FORMAT=json for one JSON object per line.
+    logs: MICROFLEET_LOG_LEVEL, MICROFLEET_LOG_FORMAT=json for one JSON object per line. With --processes N
+    and --metrics-port P, the consumers serve their metrics on P, P+1, ... P+N-1.
     """
     from cloud.config import CloudConfig
-    from cloud.runtime import logs
-    from cloud.runtime.metrics import MetricsPortError
 
-    try:
-        logs.setup(verbose)
-        base = CloudConfig.from_env(os.environ)
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    base = service_cli.configure(verbose)
     port = metrics_port if metrics_port is not None else base.metrics_port
     if strategy not in ("copy", "stage"):
         raise typer.BadParameter("--strategy must be copy or stage")
@@ -150,11 +139,7 @@ def ingest(
         metrics_port=port,
         metrics_host=config.metrics_host,
     )
-    try:
-        service.run()
-    except MetricsPortError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    service_cli.run(service.run)
 
 
 def main() -> None:

@@ -20,6 +20,9 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 import typer
 
+from cloud.runtime import service_cli
+from cloud.runtime.service_cli import MetricsPort
+
 app = typer.Typer(no_args_is_help=True, help="Firmware over the air: releases, staged rollouts, progress.")
 release_app = typer.Typer(no_args_is_help=True, help="Firmware releases (artifact + signed manifest).")
 rollout_app = typer.Typer(no_args_is_help=True, help="Staged rollouts: create, list.")
@@ -323,40 +326,18 @@ def status(
 @app.command()
 def serve(
     artifact_base_url: Annotated[str, typer.Option(envvar="MICROFLEET_ARTIFACT_BASE_URL")],
-    metrics_port: Annotated[
-        int | None,
-        typer.Option(
-            min=0,
-            max=65535,
-            help="Serve /metrics, /healthz and /readyz on this port (0: any free port). "
-            "Default MICROFLEET_METRICS_PORT; off if unset.",
-        ),
-    ] = None,
+    metrics_port: MetricsPort = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the OTA service: read device reports (stored by ingest), apply rollout decisions, publish jobs.
 
     Logs: MICROFLEET_LOG_LEVEL, MICROFLEET_LOG_FORMAT=json for one JSON object per line."""
-    from cloud.config import CloudConfig
     from cloud.ota.service import OtaService, OtaServiceConfig
-    from cloud.runtime import logs
-    from cloud.runtime.metrics import MetricsPortError
 
-    try:
-        logs.setup(verbose)
-        cfg = CloudConfig.from_env()
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    cfg = service_cli.configure(verbose)
     service = OtaService(
         OtaServiceConfig(cfg.database_url, cfg.mqtt_url, artifact_base_url, mqtt_ca_file=cfg.mqtt_ca_file),
         metrics_port=metrics_port if metrics_port is not None else cfg.metrics_port,
         metrics_host=cfg.metrics_host,
     )
-    try:
-        asyncio.run(service.run())
-    except MetricsPortError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        pass
+    service_cli.run(lambda: asyncio.run(service.run()))
