@@ -42,6 +42,19 @@ def main(
     """Run and operate a fleet of connected microcurrent skincare devices."""
 
 
+OURS = {"cli", "cloud", "contract", "edge", "simulators"}
+
+
+def _broken(exc: ImportError) -> bool:
+    """True when an import failed inside our own code (a bug: raise it). False when a third-party extra is
+    not installed, or one of our top-level packages is absent as a whole (the device image ships no
+    `cloud`): that command is left out."""
+    missing = exc.name or ""
+    if missing in OURS:  # a whole package of ours is not installed here: only cli and contract must be
+        return missing in {"cli", "contract"}
+    return missing.split(".")[0] in OURS
+
+
 _SUBAPPS = (
     # (module, attribute, name or None to merge its commands at the top level)
     ("cloud.cli", "app", None),
@@ -53,8 +66,8 @@ _SUBAPPS = (
 for module_name, attr, name in _SUBAPPS:
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:  # an extra that this installation does not have
-        if exc.name and exc.name.split(".")[0] in {"cloud", "edge", "simulators"}:
+    except ImportError as exc:  # an extra, or one of our packages, that this installation does not have
+        if _broken(exc):
             raise
         continue
     sub: typer.Typer = getattr(module, attr)
@@ -76,7 +89,7 @@ for module_name, attr, name in (
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        if exc.name and exc.name.split(".")[0] in {"cli", "cloud", "edge", "simulators", "contract"}:
+        if _broken(exc):
             raise
         continue
     app.command(name)(getattr(module, attr))

@@ -110,6 +110,9 @@ def test_device_image_carries_no_database_driver() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     deps = [*project["dependencies"], *_closure(extra, project["optional-dependencies"])]
     assert not [d for d in deps if re.match(r"(psycopg|asyncpg|sqlalchemy)", d, flags=re.I)], deps
+    # and no cloud code: only the packages the agent and the simulator run (scripts/check-extras `device`)
+    copied = set(re.findall(r"^COPY (\w+) \./", dockerfile, flags=re.M))
+    assert copied == {"requirements", "contract", "edge", "simulators", "cli"}, copied
     for name in ("Dockerfile.cloud", "Dockerfile.device"):
         text = (ROOT / "deploy/docker" / name).read_text()
         assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim", text, flags=re.M), name

@@ -54,7 +54,7 @@ def test_installs_use_the_locks() -> None:
         assert "COPY requirements ./requirements" in text, name
         assert f'pip install ".[{role}]"' in text, name
         assert "!requirements/" in (ROOT / "deploy/docker" / f"{name}.dockerignore").read_text()
-    assert "requirements/$extra.lock" in (ROOT / "scripts/check-extras").read_text()
+    assert "requirements/$pip_extra.lock" in (ROOT / "scripts/check-extras").read_text()
 
 
 def test_the_apache_licence_ships() -> None:
