@@ -198,6 +198,7 @@ def ingesting(database_url: str, broker_url: str) -> Iterator[IngestService]:
     )
     service = IngestService(cfg, housekeeping=False)
     service.start()
+    assert service.consumer.subscribed_event.wait(10)
     try:
         yield service
     finally:

@@ -31,6 +31,7 @@ def ingest(broker: Mosquitto, database_url: str) -> Iterator[IngestService]:
     cfg = CloudConfig(database_url=database_url, mqtt_url=broker.url, consumer_id="e2e-ingest-1")
     service = IngestService(cfg, housekeeping=False, late_horizon=timedelta(days=30))
     service.start()
+    assert service.consumer.subscribed_event.wait(10)
     try:
         yield service
     finally:

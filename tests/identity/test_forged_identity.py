@@ -34,6 +34,7 @@ def test_a_session_claiming_another_device_is_quarantined(database_url: str) -> 
         )
         ingest = IngestService(cfg, housekeeping=False, late_horizon=timedelta(days=30))
         ingest.start()
+        assert ingest.consumer.subscribed_event.wait(10)  # else the broker drops the publish (0x10)
         device = Peer(broker.port, a.username, a.password, "dev-a")
         try:
             assert not device.wait_connack().is_failure

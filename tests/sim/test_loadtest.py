@@ -35,6 +35,7 @@ def ingest(broker: Mosquitto, database_url: str) -> Iterator[IngestService]:
     )
     service = IngestService(cfg, housekeeping=False)
     service.start()
+    assert service.consumer.subscribed_event.wait(10)
     try:
         yield service
     finally:
