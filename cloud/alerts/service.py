@@ -125,21 +125,17 @@ class AlertService:
         self._stop = threading.Event()
         self._threads = Threads(cfg.consumer_id)
         self.metrics = AlertMetrics(self._live_figures)
-        self.metrics_server = (
-            None
-            if metrics_port is None
-            else MetricsServer(
-                cfg.consumer_id,
-                self.metrics.registry,
-                port=metrics_port,
-                host=metrics_host,
-                checks={
-                    "broker": lambda: (
-                        self.consumer.connected_event.is_set() and self.publisher.connected.is_set()
-                    ),
-                    "database": database_check(self.db.connection),
-                },
-            )
+        self.metrics_server = MetricsServer.optional(
+            cfg.consumer_id,
+            self.metrics.registry,
+            port=metrics_port,
+            host=metrics_host,
+            checks={
+                "broker": lambda: (
+                    self.consumer.connected_event.is_set() and self.publisher.connected.is_set()
+                ),
+                "database": database_check(self.db.connection),
+            },
         )
 
     def _live_figures(self) -> Live:

@@ -200,19 +200,15 @@ class IngestService:
             config.database_url, consumer=config.consumer_id, strategy=strategy, marks=config.commit_marks
         )
         self.metrics = IngestMetrics(self._live_figures)
-        self.metrics_server = (
-            None
-            if metrics_port is None
-            else MetricsServer(
-                config.consumer_id,
-                self.metrics.registry,
-                port=metrics_port,
-                host=metrics_host,
-                checks={
-                    "broker": self.consumer.connected_event.is_set,
-                    "database": database_check(self.db.connection),
-                },
-            )
+        self.metrics_server = MetricsServer.optional(
+            config.consumer_id,
+            self.metrics.registry,
+            port=metrics_port,
+            host=metrics_host,
+            checks={
+                "broker": self.consumer.connected_event.is_set,
+                "database": database_check(self.db.connection),
+            },
         )
         self._housekeeping = housekeeping
         self._stats_interval_s = stats_interval_s

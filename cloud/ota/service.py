@@ -75,16 +75,12 @@ class OtaService:
         self._publisher: Publisher | None = None
         self.subscribed = asyncio.Event()  # connected to the broker: jobs can be published
         self.metrics = OtaMetrics()
-        self.metrics_server = (
-            None
-            if metrics_port is None
-            else MetricsServer(
-                f"ota-{config.group}",
-                self.metrics.registry,
-                port=metrics_port,
-                host=metrics_host,
-                checks={"broker": self._broker_connected, "database": dsn_check(config.database_url)},
-            )
+        self.metrics_server = MetricsServer.optional(
+            f"ota-{config.group}",
+            self.metrics.registry,
+            port=metrics_port,
+            host=metrics_host,
+            checks={"broker": self._broker_connected, "database": dsn_check(config.database_url)},
         )
 
     def _broker_connected(self) -> bool:

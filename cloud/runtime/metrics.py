@@ -111,6 +111,19 @@ class _ReadyCollector(Collector):
 class MetricsServer:
     """The HTTP server of one service's /metrics, /healthz and /readyz, on a thread it owns."""
 
+    @classmethod
+    def optional(
+        cls,
+        name: str,
+        registry: CollectorRegistry,
+        *,
+        port: int | None,
+        host: str,
+        checks: Mapping[str, Check],
+    ) -> MetricsServer | None:
+        """The server of a service whose metrics port may be unset (None: no server, the default)."""
+        return None if port is None else cls(name, registry, port=port, host=host, checks=checks)
+
     def __init__(
         self,
         name: str,
