@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the services that microfleet's tests and demo need are installed and running: PostgreSQL on
-# 127.0.0.1:5432 and Mosquitto on 127.0.0.1:1883 (Debian 12 packages), plus the npm packages of the
+# 127.0.0.1:5432 and Mosquitto on 127.0.0.1:1883 (Debian 12 packages), nats-server (installed, not started:
+# the NATS tests start their own cluster), plus the npm packages of the
 # PGlite + TimescaleDB test server when package.json exists. Idempotent: a second run only checks.
 # Runs as root on a fresh Debian machine (apt-get); as another user it can only check and start.
 set -euo pipefail
@@ -49,12 +50,14 @@ command -v mosquitto >/dev/null || missing+=(mosquitto)
 have_postgres >/dev/null || missing+=(postgresql)
 # docker-compose validates docker-compose.yml in the tests (`docker-compose config` needs no engine)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+# the clustered broker tier's tests start their own three-node cluster (tests/support/nats.py)
+command -v nats-server >/dev/null || missing+=(nats-server)
 FRESH_POSTGRES=0
 if ((${#missing[@]})); then
     [[ " ${missing[*]} " == *" postgresql "* ]] && FRESH_POSTGRES=1
     apt_install "${missing[@]}"
 else
-    say "mosquitto, postgresql and docker-compose are installed"
+    say "mosquitto, postgresql, docker-compose and nats-server are installed"
 fi
 
 # 2. PostgreSQL.
