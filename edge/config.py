@@ -32,6 +32,8 @@ DEFAULT_COMMIT_TIMEOUT_MAX_S = 900.0
 DEFAULT_SYNC_FILL_RATIO = 0.8
 
 SyncMode = Literal["full", "normal", "off"]
+# the MQTT protocol level of the agent's connection (edge/connect.py): "3.1.1" for the NATS MQTT gateway
+MqttVersion = Literal["5", "3.1.1"]
 # "committed": a message leaves the outbox only when the cloud's CommitMark covers it (end to end).
 # "broker": on its PUBACK (the broker took it), for a broker without microfleet's cloud (bare benchmarks).
 AckMode = Literal["committed", "broker"]
@@ -45,7 +47,10 @@ class ConfigError(ValueError):
 class EdgeConfig:
     device_id: str
     data_dir: Path
+    # one broker, or several of one cluster comma-separated: the link moves to the next after every
+    # connection that ended or failed (edge/connect.py)
     mqtt_url: str = DEFAULT_MQTT_URL
+    mqtt_version: MqttVersion = "5"
     outbox_max_rows: int = DEFAULT_OUTBOX_MAX_ROWS
     outbox_max_bytes: int = DEFAULT_OUTBOX_MAX_BYTES
     # "full" fsyncs every commit: the per-device seq never repeats even after a power cut. "normal"
@@ -85,9 +90,17 @@ class EdgeConfig:
     def __post_init__(self) -> None:
         try:
             check_device_id(self.device_id)
-            parse_mqtt_url(self.mqtt_url)
+            if not self.mqtt_urls:
+                raise ValueError("MICROFLEET_MQTT_URL is empty")
+            for url in self.mqtt_urls:
+                parse_mqtt_url(url)
         except (ContractError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
+        if self.mqtt_version not in ("5", "3.1.1"):
+            raise ConfigError(
+                f"mqtt_version (MICROFLEET_EDGE_MQTT_VERSION) must be 5 or 3.1.1 (the NATS MQTT gateway), "
+                f"got {self.mqtt_version!r}"
+            )
         positive = ("outbox_max_rows", "outbox_max_bytes", "samples_per_batch", "keepalive_s", "inflight")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -110,6 +123,11 @@ class EdgeConfig:
             )
         if not 0 < self.sync_fill_ratio <= 1:
             raise ConfigError(f"sync_fill_ratio must be within (0, 1], got {self.sync_fill_ratio}")
+
+    @property
+    def mqtt_urls(self) -> tuple[str, ...]:
+        """The broker URLs of mqtt_url, in the order the link tries them."""
+        return tuple(u.strip() for u in self.mqtt_url.split(",") if u.strip())
 
     @property
     def outbox_path(self) -> Path:
@@ -157,6 +175,7 @@ _ENV_FIELDS: tuple[tuple[str, str, type], ...] = (
     ("session_expiry_s", "MICROFLEET_EDGE_SESSION_EXPIRY_S", int),
     ("trusted_keys_file", "MICROFLEET_EDGE_TRUSTED_KEYS", Path),
     ("ack_mode", "MICROFLEET_EDGE_ACK", str),
+    ("mqtt_version", "MICROFLEET_EDGE_MQTT_VERSION", str),
     ("commit_timeout_s", "MICROFLEET_EDGE_COMMIT_TIMEOUT_S", float),
     ("commit_timeout_max_s", "MICROFLEET_EDGE_COMMIT_TIMEOUT_MAX_S", float),
     ("sync_fill_ratio", "MICROFLEET_EDGE_SYNC_FILL_RATIO", float),

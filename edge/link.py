@@ -1,5 +1,6 @@
-"""The MQTT link: connects (MQTT 5), announces the device, drains the outbox, listens for downlinks, and
-keeps every message until the cloud has committed it (edge/README.md "Delivery guarantee").
+"""The MQTT link: connects (MQTT 5 or 3.1.1, to one broker or the next of a cluster: edge/connect.py),
+announces the device, drains the outbox, listens for downlinks, and keeps every message until the cloud
+has committed it (edge/README.md "Delivery guarantee").
 
 On every connection:
   1. a retained last will `Status(offline)` is registered and a retained birth `Status(online)` is
@@ -28,10 +29,10 @@ member (after a broker restart), and a broker crash loses what it had not saved.
     `sync_fill_ratio` full with sent rows uncovered, a SyncRequest goes out (at most once per timeout).
   - "broker" (no microfleet cloud behind the broker): a row is deleted on its PUBACK 0x00 (deletes are
     batched per event-loop turn: one transaction).
-In both modes a PUBACK 0x10 or >= 0x80 means NOT TAKEN: counted (`LinkStats.not_taken`; `refused` for
+In both modes an MQTT 5 PUBACK 0x10 or >= 0x80 means NOT TAKEN: counted (`LinkStats.not_taken`; `refused` for
 >= 0x80, e.g. 0x87 Not authorized from an ACL), logged, the row stays and is sent again after the commit
 timeout or on the next connection: a misconfigured ACL or an absent consumer delays data, it never
-deletes it.
+deletes it. (An MQTT 3.1.1 PUBACK has no reason code: only the commit mark tells, edge/connect.py.)
 
 The birth's seq is reserved from the outbox counter and reused until a birth is acknowledged, so failed
 connects do not burn numbers (a retained birth acked 0x10 is kept by the broker: that is success). On a
@@ -51,18 +52,16 @@ from datetime import datetime
 from enum import StrEnum
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from contract.codec import decode_downlink, encode
 from contract.messages import CommitMark, DeviceState, Status, SyncRequest
-from contract.mqtturl import parse_mqtt_url
 from contract.topics import Uplink, downlink_filter, uplink
 from edge.backoff import Backoff
 from edge.checked import CheckedClient, PublishRefused, taken
 from edge.clock import Clock
 from edge.commits import CommitTimer
 from edge.config import EdgeConfig
+from edge.connect import Brokers, new_client
 from edge.outbox import Outbox, Row
 
 __all__ = ["DownlinkHandler", "Link", "LinkState", "LinkStats", "PublishRefused"]
@@ -70,7 +69,6 @@ __all__ = ["DownlinkHandler", "Link", "LinkState", "LinkStats", "PublishRefused"
 log = logging.getLogger(__name__)
 
 DownlinkHandler = Callable[[str, bytes], Awaitable[None]]
-INCOMING_QUEUE_MAX = 100
 CLOSE_TIMEOUT_S = 2.0
 
 
@@ -114,7 +112,7 @@ class Link:
         self._clock = clock
         self._rng = rng or random.Random()
         self._on_acked = on_acked
-        self._addr = parse_mqtt_url(config.mqtt_url)
+        self._brokers = Brokers(config.mqtt_urls)
         self._status_topic = uplink(config.device_id, Uplink.STATUS)
         self._sync_topic = uplink(config.device_id, Uplink.SYNC)
         self._committed_mode = config.ack_mode == "committed"
@@ -253,28 +251,6 @@ class Link:
             )
         )
 
-    def _new_client(self, will: bytes) -> CheckedClient:
-        cfg, addr = self._cfg, self._addr
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        if cfg.session_expiry_s > 0:
-            props.SessionExpiryInterval = cfg.session_expiry_s
-        return CheckedClient(
-            addr.host,
-            addr.port,
-            username=addr.username,
-            password=addr.password,
-            identifier=cfg.device_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            will=aiomqtt.Will(self._status_topic, will, qos=1, retain=True),
-            clean_start=cfg.session_expiry_s == 0,
-            properties=props,
-            keepalive=cfg.keepalive_s,
-            timeout=cfg.connect_timeout_s,
-            max_inflight_messages=cfg.inflight,
-            max_queued_incoming_messages=INCOMING_QUEUE_MAX,
-            tls_params=aiomqtt.TLSParameters() if addr.tls else None,
-        )
-
     async def _serve(self, backoff: Backoff) -> None:
         if self._unacked_birth_seq is None:
             self._unacked_birth_seq = self._outbox.reserve_seq()
@@ -282,27 +258,38 @@ class Link:
         self._rebirth.clear()
         ts = self._clock.now()  # birth and will share seq and ts (edge/README.md)
         will = self._status(DeviceState.OFFLINE, seq, ts)
-        client = self._new_client(will)
+        client = new_client(self._cfg, self._brokers.current, self._status_topic, will)
         client.pending_calls_threshold = self._cfg.inflight + 10  # our window bounds it; no warning spam
-        async with client:
-            self.stats.connects += 1
-            self.stats.state = LinkState.CONNECTED
-            await client.subscribe(downlink_filter(self._cfg.device_id), qos=1)
-            await client.publish_checked(
-                self._status_topic, self._status(DeviceState.ONLINE, seq, ts), retain=True
-            )
-            self._unacked_birth_seq = None
-            self._will_payload = will
-            self._client = client
-            backoff.reset()
-            self.connected.set()
-            self._timer.reset()  # this connection sends the whole outbox again, from the start
-            self._quiet_not_taken = False
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._receive(client), name=f"link-rx:{self._cfg.device_id}")
-                tg.create_task(self._drain(client), name=f"link-tx:{self._cfg.device_id}")
-                tg.create_task(self._watch_commits(client), name=f"link-commit:{self._cfg.device_id}")
-                tg.create_task(self._await_rebirth(), name=f"link-rebirth:{self._cfg.device_id}")
+        try:
+            async with client:
+                self.stats.connects += 1
+                self.stats.state = LinkState.CONNECTED
+                await client.subscribe(downlink_filter(self._cfg.device_id), qos=1)
+                # Every wait on this connection runs in its task group (the birth's PUBACK included): a
+                # connection lost meanwhile ends the receive task and with it the whole group.
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._receive(client), name=f"link-rx:{self._cfg.device_id}")
+                    tg.create_task(self._await_rebirth(), name=f"link-rebirth:{self._cfg.device_id}")
+                    await self._announce(client, seq, ts, will, backoff)
+                    tg.create_task(self._drain(client), name=f"link-tx:{self._cfg.device_id}")
+                    tg.create_task(self._watch_commits(client), name=f"link-commit:{self._cfg.device_id}")
+        finally:
+            self._brokers.moved()  # the next connection tries the cluster's next node (edge/connect.py)
+
+    async def _announce(
+        self, client: CheckedClient, seq: int, ts: datetime, will: bytes, backoff: Backoff
+    ) -> None:
+        """Publish the retained birth and wait for its PUBACK; then the connection counts as up."""
+        await client.publish_checked(
+            self._status_topic, self._status(DeviceState.ONLINE, seq, ts), retain=True
+        )
+        self._unacked_birth_seq = None
+        self._will_payload = will
+        self._client = client
+        backoff.reset()
+        self.connected.set()
+        self._timer.reset()  # this connection sends the whole outbox again, from the start
+        self._quiet_not_taken = False
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
