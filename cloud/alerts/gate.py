@@ -75,8 +75,16 @@ class GatePoller:
         self._thread.start()
 
     def stop(self) -> None:
+        self.signal_stop()
+        self.join(10)
+
+    def signal_stop(self) -> None:
+        """Ask the poller to stop after its poll (and wake it from its wait); `join` waits for it."""
         self._stop.set()
-        self._thread.join(timeout=10)
+
+    def join(self, timeout_s: float) -> list[str]:
+        self._thread.join(timeout_s)
+        return [self._thread.name] if self._thread.is_alive() else []
 
     def _run(self) -> None:
         conn: psycopg.Connection[Any] | None = None

@@ -61,9 +61,11 @@ class WebhookWorker(OutboxWorker):
         self.http = client or httpx.Client(timeout=cfg.webhook_timeout_s)
         self.delivered = 0
 
-    def stop(self) -> None:
-        super().stop()
-        self.http.close()
+    def join(self, timeout_s: float) -> list[str]:
+        left = super().join(timeout_s)
+        if not left:  # a POST still running keeps its client until the process ends
+            self.http.close()
+        return left
 
     def round(self, conn: psycopg.Connection[Any]) -> bool:
         now = self.clock()

@@ -35,9 +35,16 @@ class OutboxWorker:
         self._threads.spawn(f"alerts-{self.name}", self._run)
 
     def stop(self) -> None:
+        self.signal_stop()
+        self.join(self._join_timeout_s)
+
+    def signal_stop(self) -> None:
+        """Ask the thread to stop after its round (and wake it from its wait); `join` waits for it."""
         self._stop.set()
         self._wake.set()
-        self._threads.join(self._join_timeout_s)
+
+    def join(self, timeout_s: float) -> list[str]:
+        return self._threads.join(timeout_s)
 
     def wake(self) -> None:
         self._wake.set()
