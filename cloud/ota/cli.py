@@ -330,6 +330,7 @@ def serve(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the OTA service: read device reports (stored by ingest), apply rollout decisions, publish jobs.
+    Runs until SIGTERM/SIGINT: the tick in hand finishes, it disconnects from the broker and exits 0.
 
     Logs: MICROFLEET_LOG_LEVEL, MICROFLEET_LOG_FORMAT=json for one JSON object per line."""
     from cloud.ota.service import OtaService, OtaServiceConfig
@@ -340,4 +341,4 @@ def serve(
         metrics_port=metrics_port if metrics_port is not None else cfg.metrics_port,
         metrics_host=cfg.metrics_host,
     )
-    service_cli.run(lambda: asyncio.run(service.run()))
+    service_cli.run(lambda: asyncio.run(service.serve()))

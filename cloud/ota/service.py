@@ -14,14 +14,16 @@ with asyncio.to_thread: a job counts as sent only once the broker took it (PUBAC
 for a retained job); one refused, unacknowledged or not sent for want of a connection stays pending and
 is sent at a later tick.
 
-    async with OtaService(config) as service:   # or: await service.run() until cancelled
-        ...
+    await OtaService(config).serve()    # until SIGTERM/SIGINT: the tick in hand ends, then it disconnects
+    await service.run()                 # until request_stop() (or cancelled)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -74,6 +76,7 @@ class OtaService:
         self.clock = clock
         self._publisher: Publisher | None = None
         self.subscribed = asyncio.Event()  # connected to the broker: jobs can be published
+        self._stopping = asyncio.Event()
         self.metrics = OtaMetrics()
         self.metrics_server = MetricsServer.optional(
             f"ota-{config.group}",
@@ -87,9 +90,26 @@ class OtaService:
         publisher = self._publisher
         return publisher is not None and publisher.connected.is_set()
 
+    def request_stop(self) -> None:
+        """Stop after the tick in hand (call on the service's event loop, e.g. from a signal handler)."""
+        self._stopping.set()
+
+    async def serve(self) -> None:
+        """`run` until SIGTERM or SIGINT: the tick in hand finishes, the publisher disconnects (a clean
+        DISCONNECT), and this returns (the command exits 0)."""
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.run()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
     # -- MQTT ----------------------------------------------------------------------------------------
     async def run(self) -> None:
-        """Serve until cancelled. The connection to the broker and the database are the service's own."""
+        """Serve until request_stop() (or cancelled). The broker connection and the database are its own."""
         publisher = Publisher(
             self.config.mqtt_url,
             f"ota-{uuid.uuid4().hex[:8]}",
@@ -102,7 +122,8 @@ class OtaService:
         self._publisher = publisher
         try:
             while not await asyncio.to_thread(publisher.wait_connected, 1.0):
-                pass
+                if self._stopping.is_set():
+                    return
             self.subscribed.set()
             log.info("OTA service connected to %s", publisher.mqtt.redacted)
             await self._ticker()
@@ -112,10 +133,11 @@ class OtaService:
             await asyncio.to_thread(publisher.stop)
             if self.metrics_server is not None:
                 await asyncio.to_thread(self.metrics_server.stop)
+            log.info("OTA service stopped")
 
     async def _ticker(self) -> None:
         async with await AsyncConnection.connect(self.config.database_url, autocommit=True) as conn:
-            while True:
+            while not self._stopping.is_set():
                 started = time.perf_counter()
                 try:
                     await self.tick(conn)
@@ -124,7 +146,8 @@ class OtaService:
                     log.exception("OTA tick failed")
                 self.metrics.ticks.inc()
                 self.metrics.tick_seconds.observe(time.perf_counter() - started)
-                await asyncio.sleep(self.config.tick_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.config.tick_s)
 
     # -- decisions -----------------------------------------------------------------------------------
     async def tick(self, conn: AsyncConnection[Any]) -> None:
