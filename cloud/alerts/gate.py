@@ -27,6 +27,8 @@ from cloud.alerts.device_params import load_params
 from cloud.alerts.inputs import local_day
 from cloud.alerts.params import RuleId
 from cloud.alerts.profile import contraindication_reasons, evaluate_profile
+from cloud.runtime.db import Database
+from cloud.runtime.threads import Threads
 
 log = logging.getLogger(__name__)
 OVERLAP = timedelta(seconds=5)
@@ -62,17 +64,20 @@ def evaluate_profiles(
 
 
 class GatePoller:
+    """Polls on a thread of its own (owned: start, then signal_stop + join, or stop), with a connection
+    from the service's Database per round."""
+
     def __init__(
-        self, cfg: AlertConfig, clock: Callable[[], datetime], on_change: Callable[[], None]
+        self, cfg: AlertConfig, clock: Callable[[], datetime], on_change: Callable[[], None], db: Database
     ) -> None:
-        self.cfg, self.clock, self.on_change = cfg, clock, on_change
+        self.cfg, self.clock, self.on_change, self.db = cfg, clock, on_change, db
         self.watermark = EPOCH
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="alerts-gate", daemon=True)
+        self._threads = Threads("")
         self.rounds = 0
 
     def start(self) -> None:
-        self._thread.start()
+        self._threads.spawn("alerts-gate", self._run)
 
     def stop(self) -> None:
         self.signal_stop()
@@ -83,24 +88,16 @@ class GatePoller:
         self._stop.set()
 
     def join(self, timeout_s: float) -> list[str]:
-        self._thread.join(timeout_s)
-        return [self._thread.name] if self._thread.is_alive() else []
+        return self._threads.join(timeout_s)
 
     def _run(self) -> None:
-        conn: psycopg.Connection[Any] | None = None
         while not self._stop.is_set():
             try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(self.cfg.database_url, autocommit=True, connect_timeout=5)
-                self.poll(conn)
+                with self.db.connection(autocommit=True) as conn:
+                    self.poll(conn)
             except psycopg.Error as exc:
                 log.warning("profile poll failed (%s); retrying", exc)
-                if conn is not None:
-                    conn.close()
-                conn = None
             self._stop.wait(self.cfg.gate_poll_s)
-        if conn is not None:
-            conn.close()
 
     def poll(self, conn: psycopg.Connection[Any]) -> int:
         """Evaluate every profile changed since the watermark (minus the overlap); returns gates changed.

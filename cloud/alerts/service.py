@@ -119,13 +119,14 @@ class AlertService:
             kinds=EVALUATED,
             ca_file=cfg.mqtt_ca_file,
         )
-        self.db = Database(cfg.database_url, name=cfg.consumer_id, max_size=4)
+        # the one owner of the engine's connections: engine, timer, delivery, gate poller and webhook
+        self.db = Database(cfg.database_url, name=cfg.consumer_id, max_size=6)
         self.publisher = Publisher(
             cfg.mqtt_url, f"{cfg.consumer_id}-down", ca_file=cfg.mqtt_ca_file, inflight=BATCH
         )
         self.delivery = DeliveryWorker(cfg, self.publisher, clock, self.db)
-        self.webhook = WebhookWorker(cfg, clock) if cfg.webhook_url else None
-        self.gate = GatePoller(cfg, clock, self.delivery.wake) if gate else None
+        self.webhook = WebhookWorker(cfg, clock, self.db) if cfg.webhook_url else None
+        self.gate = GatePoller(cfg, clock, self.delivery.wake, self.db) if gate else None
         self.on_batch: Callable[[BatchResult], None] | None = None
         self.batches = 0
         self.messages = 0

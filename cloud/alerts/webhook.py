@@ -21,6 +21,7 @@ import psycopg
 
 from cloud.alerts.config import AlertConfig
 from cloud.alerts.worker import OutboxWorker
+from cloud.runtime.db import Database
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=60)
@@ -53,10 +54,11 @@ class WebhookWorker(OutboxWorker):
         self,
         cfg: AlertConfig,
         clock: Callable[[], datetime],
+        db: Database,
         client: httpx.Client | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
-        super().__init__(cfg.database_url, cfg.timer_s, cfg.webhook_timeout_s + 5)
+        super().__init__(db, cfg.timer_s, cfg.webhook_timeout_s + 5)
         self.cfg, self.clock, self.rand = cfg, clock, rand
         self.http = client or httpx.Client(timeout=cfg.webhook_timeout_s)
         self.delivered = 0

@@ -19,14 +19,13 @@ log = logging.getLogger(__name__)
 class OutboxWorker:
     """Subclasses implement `round(conn) -> bool` (True: a full batch was found, more may be due).
 
-    `database`: the service's Database (its pool lends a connection per wake-up), or a DSN for a worker
-    used on its own (it then owns one connection)."""
+    `db`: the service's Database (its pool lends a connection per wake-up)."""
 
     name = "outbox"
     autocommit = False
 
-    def __init__(self, database: Database | str, timer_s: float, join_timeout_s: float) -> None:
-        self._database, self._timer_s, self._join_timeout_s = database, timer_s, join_timeout_s
+    def __init__(self, db: Database, timer_s: float, join_timeout_s: float) -> None:
+        self._db, self._timer_s, self._join_timeout_s = db, timer_s, join_timeout_s
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads = Threads("")
@@ -57,22 +56,13 @@ class OutboxWorker:
             pass
 
     def _run(self) -> None:
-        own: psycopg.Connection[Any] | None = None
         while not self._stop.is_set():
             self._wake.wait(self._timer_s)
             self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
-                if isinstance(self._database, Database):
-                    with self._database.connection(autocommit=self.autocommit) as conn:
-                        self._rounds(conn)
-                    continue
-                if own is None or own.closed:
-                    own = psycopg.connect(self._database, autocommit=self.autocommit, connect_timeout=5)
-                self._rounds(own)
+                with self._db.connection(autocommit=self.autocommit) as conn:
+                    self._rounds(conn)
             except psycopg.Error as exc:
                 log.warning("%s round failed (%s); retrying in %.1f s", self.name, exc, self._timer_s)
-                if own is not None:
-                    own.close()
-                own = None
-        if own is not None:
-            own.close()

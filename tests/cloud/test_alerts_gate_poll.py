@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import psycopg
-
 from cloud.alerts import gate
 from cloud.alerts.gate import GatePoller
 from cloud.db.migrate import migrate
+from cloud.runtime.db import Database
 from tests.cloud.test_alerts_engine_support import engine_config
 
 
@@ -17,8 +16,11 @@ def test_profiles_sharing_one_updated_at_are_all_evaluated(database_url: str) ->
     migrate(database_url)
     n = 2 * gate.BATCH + 1  # three pages, every row with the same updated_at (one transaction's now())
     now = datetime(2026, 3, 1, 12, tzinfo=UTC)
-    poller = GatePoller(engine_config("mqtt://127.0.0.1:1", database_url), lambda: now, lambda: None)
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with (
+        Database(database_url) as db,
+        db.connection(autocommit=True) as conn,
+    ):
+        poller = GatePoller(engine_config("mqtt://127.0.0.1:1", database_url), lambda: now, lambda: None, db)
         conn.execute(
             "insert into device_profiles (device_id, pregnancy) "
             "select format('bulk-%%s', lpad(i::text, 5, '0')), i %% 2 = 0 from generate_series(1, %s) i",
