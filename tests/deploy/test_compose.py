@@ -153,3 +153,17 @@ def test_every_compose_command_exists_in_the_cli() -> None:
         for word in words:
             if word.startswith("-"):
                 assert word in options, f"{name}: `microfleet {' '.join(path)}` has no option {word}"
+
+
+def test_health_checks_are_shell_form_and_the_local_profile_keeps_them() -> None:
+    """Podman's Docker API splits an exec-form check (["CMD", "python", "-c", "..."]) at spaces, so every
+    check is CMD-SHELL (Docker runs it the same); the local profile swaps images and leaves the public-image
+    services out, but runs the production file's entrypoints and checks (what `make compose-test` tests)."""
+    for name, service in compose()["services"].items():
+        if "healthcheck" in service:
+            assert service["healthcheck"]["test"][0] == "CMD-SHELL", name
+    local = yaml.safe_load((ROOT / "deploy/local/docker-compose.local.yml").read_text())
+    for name, service in local["services"].items():
+        assert set(service) <= {"image", "profiles"}, f"the local profile overrides {name}: {sorted(service)}"
+        if "profiles" in service:
+            assert name in ("prometheus", "grafana"), name
