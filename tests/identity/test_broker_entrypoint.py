@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -98,3 +101,84 @@ def test_entrypoint_secure_broker_with_service_identities(tmp_path: Path) -> Non
         broker.terminate()
         broker.wait(10)
         log.close()
+
+
+def _broker_user() -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam("mosquitto")
+    except KeyError:
+        return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the privilege drop happens only when started as root")
+def test_entrypoint_as_root_gives_the_broker_user_its_files(tmp_path: Path) -> None:
+    """As in the container: started as root, mosquitto drops to the `mosquitto` user before it loads the TLS
+    key and saves the dynamic-security file as that user. `pki init` leaves server.key 0600 for root (and
+    the mount is read-only), and the first dynamic-security file is made by root: the entrypoint must hand
+    both to the broker user, or the TLS listener does not start and the broker cannot save its identities."""
+    user = _broker_user()
+    plugin = next((p for p in DYNSEC_PLUGINS if Path(p).exists()), None)
+    if user is None or plugin is None:
+        pytest.skip("mosquitto (its user and dynamic-security plugin) is not installed")
+    certs = tmp_path / "certs"  # root's, 0700 parents: as unreadable to the broker user as a root-only mount
+    init_pki(certs)
+    # what the broker writes must be reachable by its user: a folder outside pytest's root-only tmp
+    top = Path(tempfile.mkdtemp(prefix="mf-entrypoint-"))
+    try:
+        top.chmod(0o755)
+        data, run = top / "data", top / "run"
+        data.mkdir()
+        run.mkdir()
+        port, tls_port = free_port(), free_port()
+        env = {
+            **os.environ,
+            "MOSQUITTO_CONF_DIR": str(ROOT / "deploy" / "mosquitto"),
+            "MOSQUITTO_DATA_DIR": str(data),
+            "MOSQUITTO_CERT_DIR": str(certs),
+            "MOSQUITTO_DYNSEC_PLUGIN": plugin,
+            "MOSQUITTO_RUN_CONF": str(run / "mosquitto.conf"),
+            "MQTT_PORT": str(port),
+            "MQTTS_PORT": str(tls_port),
+            "MQTT_ADMIN_PASSWORD": "compose-admin",
+            "MOSQUITTO_EXTRA_CONF": "",
+        }
+        env.pop("MOSQUITTO_USER", None)
+        log_path = tmp_path / "broker.log"
+        with open(log_path, "wb") as log:
+            broker = subprocess.Popen(["sh", str(ENTRYPOINT)], env=env, stdout=log, stderr=log)
+        try:
+            try:
+                wait_port(port)
+                wait_port(tls_port)  # the listener is up only when the key could be read
+            except TimeoutError:
+                pytest.fail(f"the broker did not start; its log:\n{log_path.read_text()}")
+            # the broker (the entrypoint exec'ed it) runs as the broker user, not root
+            status = Path(f"/proc/{broker.pid}/status").read_text()
+            uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+            assert int(uid_line.split()[1]) == user.pw_uid, uid_line
+            key = run / "mosquitto-certs" / "server.key"
+            assert key.stat().st_uid == user.pw_uid and key.stat().st_mode & 0o777 == 0o600
+            assert _connect_tls(tls_port, certs / "ca.crt", "admin", "compose-admin")
+            # the dynamic-security file is the broker user's, and the broker saves a change into it
+            dynsec = data / "dynamic-security.json"
+            assert dynsec.stat().st_uid == user.pw_uid
+            done = subprocess.run(
+                [sys.executable, "-m", "cli.main", "broker", "bootstrap"],
+                env={
+                    **os.environ,
+                    "MICROFLEET_BROKER_ADMIN_URL": f"mqtt://admin:compose-admin@127.0.0.1:{port}",
+                },
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+            saved = json.loads(dynsec.read_text())
+            assert saved.get("roles"), "the bootstrap's roles were not saved"
+            assert dynsec.stat().st_uid == user.pw_uid
+            assert "Error saving" not in log_path.read_text()
+        finally:
+            broker.terminate()
+            broker.wait(10)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
