@@ -9,14 +9,19 @@ transaction. A crash in between resends on the next round: at least once, and th
 The PUBACK's reason code decides (cloud.runtime.publisher): a refusal (>= 0x80, e.g. 0x87 when the ACL
 does not let this identity publish a gate), a timeout or no connection is a failure, logged and tried
 again next round, never counted as sent. 0x10 "no matching subscribers" stores a retained gate (the
-device gets it when it subscribes: sent) but drops a notice (nobody got it: tried again next round).
+device gets it when it subscribes: sent) but drops a notice (nobody got it: tried again later).
+
+A notice the broker answered but did not route (0x10: the device is offline, or a refusal) is tried
+again after a doubling delay, per notice: `timer_s`, 2x, 4x ... capped at NOTICE_RETRY_CAP_S (its
+`release_at` moves; `attempts` counts the tries), until it is delivered or expires. A notice that got no
+answer (no connection, timeout) is tried again next round: the broker never saw it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -33,10 +38,18 @@ __all__ = ["BATCH", "PUBACK_TIMEOUT_S", "DeliveryWorker", "Publisher"]
 log = logging.getLogger(__name__)
 BATCH = 200
 PUBACK_TIMEOUT_S = 10.0
+NOTICE_RETRY_CAP_S = 60.0
+
+
+def retry_delay_s(tries: int, base_s: float, cap_s: float = NOTICE_RETRY_CAP_S) -> float:
+    """The wait before trying a notice again after its `tries`-th undelivered try (pure): base, 2x base,
+    4x base ... at most cap."""
+    return min(cap_s, base_s * 2.0 ** min(max(0, tries - 1), 30))
+
 
 DUE_NOTICES = """
 -- the most severe first: a critical notice never waits behind a storm of warnings
-select id, notice_id, device_id, severity::text, rule_id, text, expires_at from notice_outbox
+select id, notice_id, device_id, severity::text, rule_id, text, expires_at, attempts from notice_outbox
 where sent_at is null and release_at <= %(now)s and (expires_at is null or expires_at > %(now)s)
 order by severity desc, release_at, id limit %(limit)s for update skip locked
 """
@@ -80,7 +93,7 @@ class DeliveryWorker(OutboxWorker):
                     ),
                     False,
                 )
-                for _id, nid, dev, sev, rule, text, exp in rows
+                for _id, nid, dev, sev, rule, text, exp, _tries in rows
             ]
             outcomes = self.publisher.publish_many(msgs, PUBACK_TIMEOUT_S)
             # a notice counts as sent when the broker routed it to the device's subscription (0x00)
@@ -90,11 +103,22 @@ class DeliveryWorker(OutboxWorker):
                     "update notice_outbox set sent_at = %s, attempts = attempts + 1 where id = any(%s)",
                     (now, done),
                 )
-            failed = [r[0] for r, o in zip(rows, outcomes, strict=True) if not o.matched]
+            failed = [(r, o) for r, o in zip(rows, outcomes, strict=True) if not o.matched]
             if failed:
-                conn.execute("update notice_outbox set attempts = attempts + 1 where id = any(%s)", (failed,))
-                why = next(o for o in outcomes if not o.matched)
-                log.info("%d notices not delivered (%s); tried again", len(failed), why)
+                # answered but not routed (0x10, a refusal): back off; no answer: next round
+                later = [
+                    None
+                    if o.reason is None
+                    else now + timedelta(seconds=retry_delay_s(r[7] + 1, self.cfg.timer_s))
+                    for r, o in failed
+                ]
+                conn.execute(
+                    "update notice_outbox n set attempts = n.attempts + 1, release_at = coalesce(u.at, n.release_at) "
+                    "from unnest(%s::bigint[], %s::timestamptz[]) as u(id, at) where n.id = u.id",
+                    ([r[0] for r, _ in failed], later),
+                )
+                why = failed[0][1]
+                log.info("%d notices not delivered (%s); tried again later", len(failed), why)
             self.sent_notices += len(done)
             self.failed_notices += len(failed)
         with conn.transaction():
