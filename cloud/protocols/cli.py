@@ -1,9 +1,10 @@
 """`microfleet protocol ...`: validate, publish, list, show, status.
 
-Exit codes: 0 done; 1 an operational error (database, broker, signing key, no matching device, every
-target blocked by its safety gate); 2 the document is refused: not a valid protocol, or over a model's
-hard limits (each field and limit is printed); 3 published, but some devices were skipped because their
-safety gate is blocked (one SKIPPED line each). The database and broker come from MICROFLEET_DATABASE_URL / MICROFLEET_MQTT_URL.
+Exit codes: 0 done (devices skipped by policy, their safety gate blocked, are not an error: one SKIPPED
+line each); 1 an operational error (database, broker unreachable, a message the broker refused, signing
+key, no matching device, every target blocked by its safety gate: nothing sent); 2 the document is
+refused: not a valid protocol, or over a model's hard limits (each field and limit is printed). The
+database and broker come from MICROFLEET_DATABASE_URL / MICROFLEET_MQTT_URL.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ app = typer.Typer(no_args_is_help=True, help="Treatment protocols: validate, pub
 console = Console(stderr=True, soft_wrap=True)
 EXIT_ERROR = 1
 EXIT_REFUSED = 2
-EXIT_SKIPPED = 3
 
 
 def _read(file: Path) -> Any:
@@ -99,7 +99,10 @@ def publish_cmd(
     ),
 ) -> None:
     """Validate, sign, store and send a protocol as retained desired state to the targeted devices.
-    Devices whose safety gate is blocked are skipped and listed (exit 3 if any was skipped)."""
+
+    Devices whose safety gate is blocked are skipped by policy and listed (SKIPPED lines): not an error.
+    Exit 0: sent to every other target; 1: the broker refused a message or could not be reached, or
+    every target is blocked (nothing sent); 2: the document is invalid or over a model's limits."""
     from cloud.protocols.publish import load_signing_key, publish
 
     protocol = _read(file)
@@ -130,10 +133,8 @@ def publish_cmd(
             typer.echo(f"SKIPPED {device_id}: safety gate blocked (an open blocking contraindication)")
         for device_id in result.gate_overridden:
             typer.echo(f"OVERRIDDEN {device_id}: safety gate blocked, sent anyway (reason recorded)")
-        if result.refused:
+        if result.refused:  # skipping by policy is reported above and is not an error; a refusal is
             raise typer.Exit(EXIT_ERROR)
-        if result.skipped_blocked:
-            raise typer.Exit(EXIT_SKIPPED)
 
     try:
         asyncio.run(run())

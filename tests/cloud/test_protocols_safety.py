@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 from cloud.api.models import Role
 from cloud.config import CloudConfig
 from cloud.protocols import api as protocols_api
-from cloud.protocols.cli import EXIT_SKIPPED, app
+from cloud.protocols.cli import app
 from contract.protocol import TreatmentProtocol, starter_protocol
 from contract.signing import SigningKey
 from tests.cloud.test_api_support import ApiServer, execute, migrated_database, mint_all, serve
 from tests.cloud.test_protocols import retained, rows
-from tests.support.services import Mosquitto
+from tests.support.services import Mosquitto, ProductionBroker
 
 NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 runner = CliRunner()
@@ -142,7 +142,7 @@ def test_cli_push_skips_devices_with_a_blocked_safety_gate(
     file = tmp_path / "p.json"
     file.write_bytes(msgspec.json.encode(protocol("gate-cli")))
     r = runner.invoke(app, ["publish", str(file), "--to-tag", "gcli"], env=env)
-    assert r.exit_code == EXIT_SKIPPED, r.output
+    assert r.exit_code == 0, r.output  # skipped by policy and reported: not an error
     assert "gate-cli v1 published to 1 devices" in r.output
     assert "SKIPPED gcli-gated: safety gate blocked" in r.output
     assert "SKIPPED gcli-preg: safety gate blocked" in r.output
@@ -204,3 +204,16 @@ def test_api_push_skips_blocked_devices_and_an_override_needs_admin(
         dsn,
         "select device_id, by_whom from protocol_gate_overrides where protocol_id = 'gate-api' order by 1",
     ) == [("gapi-gated", "test-admin"), ("gapi-preg", "test-admin")]
+
+
+def test_cli_push_a_broker_refuses_is_an_error(
+    tmp_path: Path, dsn: str, prod: ProductionBroker, env: dict[str, str]
+) -> None:
+    """Skipping by policy is exit 0 (above); a message the broker refuses is exit 1. Here the identity is
+    not the protocol publisher's (svc-alerts may send notices and gates, not protocols): PUBACK 0x87."""
+    file = tmp_path / "p.json"
+    file.write_bytes(msgspec.json.encode(protocol("refused-cli")))
+    wrong = env | {"MICROFLEET_MQTT_URL": prod.service_url("svc-alerts")}
+    r = runner.invoke(app, ["publish", str(file), "--device", "refused-1"], env=wrong)
+    assert r.exit_code == 1, r.output
+    assert "(0 acknowledged, 1 refused by the broker)" in r.output
