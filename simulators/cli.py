@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import re
 import resource
+import signal
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -99,8 +103,16 @@ def sim(
             "scenario's `trusted_keys`. Without one, signed protocols and firmware are rejected.",
         ),
     ] = None,
+    load: Annotated[
+        bool,
+        typer.Option(
+            help="Load: every device in sessions back to back from now in real time (device time is wall "
+            "time, so latency means something) until SIGTERM.",
+        ),
+    ] = False,
 ) -> None:
-    """Run the scenario's devices (this replica's slice) and print what they did."""
+    """Run the scenario's devices (this replica's slice) and print what they did. SIGTERM ends the open
+    sessions and waits (up to 60 s) for the outboxes to drain; exit 1 if anything is left in them."""
     try:
         sc = load_scenario(scenario) if scenario else Scenario()
         sc = Scenario(
@@ -111,6 +123,8 @@ def sim(
                 **({"speed": speed} if speed is not None else {}),
             }
         )
+        if load:
+            sc = dataclasses.replace(sc, start=datetime.now(UTC), speed=1.0)
         part = replica_slice(sc.devices, replicas, _replica(replicas, replica))
     except (ScenarioError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -130,7 +144,7 @@ def sim(
         except TrustFileError as exc:
             raise typer.BadParameter(str(exc)) from None
         console.print(f"agents trust {n} key(s) from {config.trusted_keys}")
-    final = asyncio.run(_run(config, ramp))
+    final = asyncio.run(_run(config, ramp, load))
     if final.outbox_depth:
         console.print(
             f"[yellow]{final.outbox_depth} messages still in outboxes under {data_dir}: is the broker "
@@ -140,22 +154,37 @@ def sim(
         raise typer.Exit(1)
 
 
-async def _run(config: FleetConfig, ramp: float) -> FleetStats:
+async def _run(config: FleetConfig, ramp: float, load: bool = False) -> FleetStats:
     title = f"microfleet sim {config.scenario.name} devices {config.indices.start}..{config.indices.stop - 1}"
-    async with Fleet(config) as fleet:
-        with Live(_table(fleet.stats(), title), console=console, refresh_per_second=2) as live:
-            work = asyncio.create_task(_work(fleet, ramp))
-            while not work.done():
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)  # `docker stop`: end the sessions, drain, exit
+    try:
+        async with Fleet(config) as fleet:
+            with Live(_table(fleet.stats(), title), console=console, refresh_per_second=2) as live:
+                work = asyncio.create_task(_work(fleet, ramp, load, stop))
+                while not work.done():
+                    live.update(_table(fleet.stats(), title))
+                    await asyncio.wait({work}, timeout=0.5)
+                await work
                 live.update(_table(fleet.stats(), title))
-                await asyncio.wait({work}, timeout=0.5)
-            await work
-            live.update(_table(fleet.stats(), title))
-        return fleet.stats()
+            return fleet.stats()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
-async def _work(fleet: Fleet, ramp: float) -> None:
+async def _work(fleet: Fleet, ramp: float, load: bool, stop: asyncio.Event) -> None:
     await fleet.connect(ramp, wait_s=None)
-    await fleet.live()
+    users = asyncio.create_task(fleet.live(days=365, continuous=True) if load else fleet.live())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({users, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not users.done():  # SIGTERM: open sessions end (run_user), then the outboxes drain
+        users.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await users
+    else:
+        users.result()
     try:
         async with asyncio.timeout(60):
             await fleet.drained()
