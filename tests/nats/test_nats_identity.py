@@ -320,8 +320,8 @@ def test_device_publishes_its_own_uplinks_and_nothing_else(auth: AuthCluster) ->
         ("$MQTT.msgs.mf.v1.dev-a.up.event", b"still-connected"),
         ("$MQTT.msgs.mf.v1.dev-a.up.status", b"own"),
     ]
-    assert any('Publish Violation - User "dev-a", Subject "mf.v1.dev-b.up.status"' in x for x in
-               log_lines(c, "Publish Violation"))  # fmt: skip
+    # the server says why it dropped it (2.9.10 and 2.15.1 word the line differently)
+    assert any("mf.v1.dev-b.up.status" in line for line in log_lines(c, "Publish Violation"))
 
 
 def test_device_receives_its_own_downlinks_from_their_owners_only(auth: AuthCluster) -> None:
