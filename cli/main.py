@@ -59,6 +59,7 @@ _SUBAPPS = (
     # (module, attribute, name or None to merge its commands at the top level)
     ("cloud.cli", "app", None),
     ("cloud.ingest.quarantine_cli", "app", "quarantine"),
+    ("cloud.runtime.nats_cli", "app", "nats"),
     ("edge.cli", "app", "edge"),
     ("simulators.cli", "app", None),
 )

@@ -33,6 +33,11 @@ class CloudConfig:
     database_url: str = DEFAULT_DATABASE_URL
     mqtt_url: str = DEFAULT_MQTT_URL
     mqtt_ca_file: str | None = None  # a CA bundle to trust for mqtts:// (default: the system's)
+    # "3.1.1" for the NATS tier's MQTT gateway (the default when nats_url is set), else "5"
+    mqtt_version: str = "5"
+    # the NATS tier (docs/decisions/nats-tier.md): `nats://h1:p1,nats://h2:p2`; set, ingest reads uplinks
+    # from JetStream (its durable is ingest_group) instead of an MQTT shared subscription
+    nats_url: str = ""
     # ingest
     ingest_group: str = "ingest"
     consumer_id: str = "ingest-1"
@@ -63,6 +68,9 @@ class CloudConfig:
             "database_url": e.get("MICROFLEET_DATABASE_URL", DEFAULT_DATABASE_URL),
             "mqtt_url": e.get("MICROFLEET_MQTT_URL", DEFAULT_MQTT_URL),
             "mqtt_ca_file": e.get("MICROFLEET_MQTT_CA_FILE") or None,
+            "nats_url": e.get("MICROFLEET_NATS_URL", ""),
+            "mqtt_version": e.get("MICROFLEET_MQTT_VERSION")
+            or ("3.1.1" if e.get("MICROFLEET_NATS_URL") else "5"),
             "ingest_group": e.get("MICROFLEET_INGEST_GROUP", "ingest"),
             "consumer_id": e.get("MICROFLEET_CONSUMER_ID", "ingest-1"),
             "batch_max_messages": int(e.get("MICROFLEET_BATCH_MAX_MESSAGES", "2000")),

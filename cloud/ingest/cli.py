@@ -105,7 +105,8 @@ def ingest(
     metrics_port: MetricsPort = None,  # with --processes N: this port, +1, ... +N-1
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Consume device uplinks from the broker (MQTT 5 shared subscription) into the database.
+    """Consume device uplinks from the broker (MQTT 5 shared subscription) into the database; with
+    MICROFLEET_NATS_URL, from the NATS tier's JetStream durable (`microfleet nats setup`).
 
     Messages are acknowledged only after their transaction commits: kill it at any time and restart it
     with the same --consumer-id; nothing is lost or stored twice. Settings: MICROFLEET_* (cloud/config.py);

@@ -8,6 +8,12 @@ commit mark is due get a CommitMark downlink) and the ticker (live counters ever
 database housekeeping job every few minutes). `run()` stops on SIGTERM/SIGINT by leaving the group:
 unsubscribe, the writer commits and acks what it holds, then DISCONNECT with session expiry 0 (a
 scale-in strands nothing in a stopped member's session). A crash (SIGKILL) keeps the session.
+
+The source is chosen by URL: with MICROFLEET_NATS_URL (`nats://h1:p1,nats://h2:p2`, the NATS tier) the
+uplinks come from the JetStream durable named by the ingest group on the MQTT gateway's `$MQTT_msgs`
+(cloud.runtime.jetstream: fetched in batches, acknowledged after commit, shared by every process), and
+the commit marks go out through the gateway over MQTT 3.1.1 (MICROFLEET_MQTT_URL and _VERSION). Leaving
+then means: fetch no more, commit and ack what is held; the durable stays for the other processes.
 """
 
 from __future__ import annotations
@@ -20,18 +26,20 @@ from collections import Counter as Tally
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import FrameType
+from typing import Any, Protocol
 
 import psycopg
 
 from cloud.config import CloudConfig
 from cloud.ingest import marks
 from cloud.ingest.batcher import DEFAULT_LATE_HORIZON, Batcher
-from cloud.ingest.consumer import AckToken, Consumer
+from cloud.ingest.consumer import Consumer
 from cloud.ingest.handoff import Handoff, utc_now
 from cloud.ingest.metrics import IngestMetrics, newest_ts
 from cloud.ingest.writer import BatchWriter, Strategy, WriteResult
 from cloud.runtime.db import Database
 from cloud.runtime.metrics import MetricsServer, database_check
+from cloud.runtime.mqtt import check_version
 from cloud.runtime.publisher import Outgoing, Publisher
 from cloud.runtime.threads import Threads
 from contract import topics
@@ -162,6 +170,55 @@ class MarkSender:
                 log.warning("commit marks not sent (%s); retried in %.1f s", exc, interval_s)
 
 
+class Source(Protocol):
+    """Where uplinks come from: the MQTT shared subscription (cloud.ingest.consumer) or a JetStream
+    durable (cloud.runtime.jetstream). It calls on_message(topic, payload, token) for each message;
+    `ack(tokens)` after the batch committed."""
+
+    connected_event: threading.Event
+    subscription: str
+
+    @property
+    def redacted_url(self) -> str: ...
+
+    @property
+    def connects(self) -> int: ...
+
+    @property
+    def redeliveries(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def leave(self, *, timeout_s: float = ...) -> bool: ...
+
+    def ack(self, tokens: Any) -> int: ...
+
+
+def uplink_source(config: CloudConfig, on_message: Any) -> Source:
+    """The JetStream durable `ingest_group` when nats_url is set, else the MQTT shared subscription."""
+    if config.nats_url:
+        from cloud.runtime.jetstream import JetStreamSource
+
+        return JetStreamSource(
+            urls=config.nats_url,
+            durable=config.ingest_group,
+            name=config.consumer_id,
+            on_message=on_message,
+            max_outstanding=config.receive_maximum,
+        )
+    return Consumer(
+        mqtt_url=config.mqtt_url,
+        client_id=config.consumer_id,
+        group=config.ingest_group,
+        on_message=on_message,
+        receive_maximum=config.receive_maximum,
+        session_expiry_s=config.session_expiry_s,
+        ca_file=config.mqtt_ca_file,
+    )
+
+
 class IngestService:
     def __init__(
         self,
@@ -179,19 +236,14 @@ class IngestService:
         self.config = config
         self.stats = Stats()
         self.horizon = late_horizon if late_horizon is not None else late_horizon_of(config.database_url)
-        self.handoff: Handoff[AckToken] = Handoff(self._new_batcher())
-        self.consumer = Consumer(
-            mqtt_url=config.mqtt_url,
-            client_id=config.consumer_id,
-            group=config.ingest_group,
-            on_message=self.handoff.offer,
-            receive_maximum=config.receive_maximum,
-            session_expiry_s=config.session_expiry_s,
-            ca_file=config.mqtt_ca_file,
-        )
+        self.handoff: Handoff[Any] = Handoff(self._new_batcher())
+        self.consumer = uplink_source(config, self.handoff.offer)
         self.db = Database(config.database_url, name=config.consumer_id, max_size=2)
         self.publisher = Publisher(
-            config.mqtt_url, f"{config.consumer_id}-marks", ca_file=config.mqtt_ca_file
+            config.mqtt_url,
+            f"{config.consumer_id}-marks",
+            ca_file=config.mqtt_ca_file,
+            version=check_version(config.mqtt_version),
         )
         self.marks = MarkSender(
             self.db, self.publisher, self.stats, delay_s=config.mark_delay_s, every=config.mark_every
@@ -220,7 +272,7 @@ class IngestService:
         self._writer: threading.Thread | None = None
         self.stopped = threading.Event()
 
-    def _new_batcher(self) -> Batcher[AckToken]:
+    def _new_batcher(self) -> Batcher[Any]:
         c = self.config
         return Batcher(
             consumer=c.consumer_id,

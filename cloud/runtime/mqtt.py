@@ -1,6 +1,11 @@
-"""One MQTT client for every cloud service: URL -> a configured paho-mqtt 2 MQTT 5 client with its network
-thread, TLS (with an optional CA file) and credentials, a capped jittered reconnect backoff, a connection
-state, and a redacted URL for logs (never a password in a log line).
+"""One MQTT client for every cloud service: URL -> a configured paho-mqtt 2 client (MQTT 5, or 3.1.1 for
+the NATS tier's MQTT gateway) with its network thread, TLS (with an optional CA file) and credentials, a
+capped jittered reconnect backoff, a connection state, and a redacted URL for logs (never a password in a
+log line).
+
+MQTT 3.1.1 (`version="3.1.1"`, MICROFLEET_MQTT_VERSION; docs/decisions/nats-tier.md): no CONNECT or
+DISCONNECT properties (no session expiry, no receive maximum: the broker keeps a session until a clean
+connect), `clean_start` becomes clean_session, and a PUBACK carries no reason code (paho reports 0).
 
     conn = MqttClient(url, "alerts-1-down", ca_file=cfg.mqtt_ca_file)
     conn.on_up.append(lambda session_present: ...)      # run on EVERY connect (paho's network thread)
@@ -17,11 +22,11 @@ import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -79,8 +84,21 @@ def properties(packet: int, **values: int) -> Properties:
     return props
 
 
+MqttVersion = Literal["5", "3.1.1"]
+VERSIONS: dict[str, MQTTProtocolVersion] = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
+
+
+def check_version(version: str) -> MqttVersion:
+    """The protocol level named by MICROFLEET_MQTT_VERSION, or ValueError saying what is accepted."""
+    if version == "5":
+        return "5"
+    if version == "3.1.1":
+        return "3.1.1"
+    raise ValueError(f"MQTT version {version!r}: use 5 or 3.1.1 (the NATS MQTT gateway)")
+
+
 class MqttClient:
-    """A paho MQTT 5 client configured from a URL, with its own network thread (owned: start/stop).
+    """A paho MQTT 5 (or 3.1.1) client configured from a URL, with its own network thread (owned: start/stop).
 
     `on_up` callbacks run on every successful connect with `session_present`; `on_down` on every loss.
     Both run on paho's network thread: they must not block; an exception in one is fatal (threads.fatal).
@@ -99,8 +117,11 @@ class MqttClient:
         receive_maximum: int | None = None,
         inflight: int | None = None,
         backoff: Backoff | None = None,
+        version: MqttVersion = "5",
     ) -> None:
         self.address = parse_mqtt_url(url)
+        self.version = check_version(version)
+        v5 = self.version == "5"
         self.redacted = redact(url)
         self.client_id = client_id
         self.state = State.IDLE
@@ -118,9 +139,13 @@ class MqttClient:
             connect["SessionExpiryInterval"] = session_expiry_s
         if receive_maximum is not None:
             connect["ReceiveMaximum"] = receive_maximum
-        self._connect_props = properties(PacketTypes.CONNECT, **connect) if connect else None
+        self._connect_props = properties(PacketTypes.CONNECT, **connect) if connect and v5 else None
         c = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=VERSIONS[self.version],
+            manual_ack=manual_ack,
+            clean_session=None if v5 else clean_start,
         )
         if self.address.username:
             c.username_pw_set(self.address.username, self.address.password)
@@ -141,14 +166,17 @@ class MqttClient:
     def start(self) -> None:
         """Connect in the background (retried with backoff until stop) and start paho's network thread."""
         self.state = State.CONNECTING
-        clean: Any = self._clean_start
-        self.client.connect_async(
-            self.address.host,
-            self.address.port,
-            keepalive=self._keepalive_s,
-            clean_start=clean,
-            properties=self._connect_props,
-        )
+        if self.version == "5":
+            clean: Any = self._clean_start
+            self.client.connect_async(
+                self.address.host,
+                self.address.port,
+                keepalive=self._keepalive_s,
+                clean_start=clean,
+                properties=self._connect_props,
+            )
+        else:  # clean_session was given to the client; 3.1.1 has no clean_start and no properties
+            self.client.connect_async(self.address.host, self.address.port, keepalive=self._keepalive_s)
         self.client.loop_start()
 
     def wait_connected(self, timeout_s: float) -> bool:
@@ -156,11 +184,13 @@ class MqttClient:
 
     def stop(self, *, end_session: bool = False) -> None:
         """Disconnect and join paho's thread. `end_session`: DISCONNECT with Session Expiry Interval 0, so
-        the broker discards this client's session (and stops queueing for it); otherwise it keeps it."""
+        the broker discards this client's session (and stops queueing for it); otherwise it keeps it.
+        MQTT 3.1.1 has no such property: its session ends only with a clean connect."""
         if self.state is State.STOPPED:
             return
         self.state = State.STOPPED
-        props = properties(PacketTypes.DISCONNECT, SessionExpiryInterval=0) if end_session else None
+        v5_end = end_session and self.version == "5"
+        props = properties(PacketTypes.DISCONNECT, SessionExpiryInterval=0) if v5_end else None
         self.client.disconnect(properties=props)
         self.client.loop_stop()
         self.connected.clear()

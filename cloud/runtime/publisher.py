@@ -6,6 +6,10 @@ message) when nobody subscribes, and >= 0x80 when it refuses it (0x87: not autho
 or "not connected" is a failure, never counted as sent; 0x10 is `accepted` but not `matched` (fine for
 retained desired state, which the broker stores; not for a notice, which nobody got).
 
+Over MQTT 3.1.1 (`version="3.1.1"`: the NATS tier's gateway) a PUBACK has no reason code: every
+acknowledged publish reads 0x00, so `matched` only means taken there, and a refusal shows as a closed
+connection (NOT_CONNECTED or TIMEOUT), never as >= 0x80.
+
     with Publisher(url, "alerts-1-down") as pub:
         outcomes = pub.publish_many([Outgoing(topic, payload, retain=True)], timeout_s=10)
 """
@@ -20,7 +24,7 @@ from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 
-from cloud.runtime.mqtt import MqttClient
+from cloud.runtime.mqtt import MqttClient, MqttVersion
 from cloud.runtime.threads import guarded
 
 log = logging.getLogger(__name__)
@@ -74,8 +78,11 @@ class Publisher:
         ca_file: str | None = None,
         inflight: int = DEFAULT_INFLIGHT,
         keepalive_s: int = 30,
+        version: MqttVersion = "5",
     ) -> None:
-        self.mqtt = MqttClient(url, client_id, ca_file=ca_file, inflight=inflight, keepalive_s=keepalive_s)
+        self.mqtt = MqttClient(
+            url, client_id, ca_file=ca_file, inflight=inflight, keepalive_s=keepalive_s, version=version
+        )
         self.mqtt.client.on_publish = guarded(f"MQTT {client_id} on_publish", self._handle_publish)
         self._lock = threading.Lock()
         self._reasons: dict[int, tuple[int, str]] = {}

@@ -1,0 +1,128 @@
+"""`microfleet nats setup`: create the NATS tier's JetStream durables before any device connects.
+
+`$MQTT_msgs` is an interest stream: a device's publish that no durable's filter covers is acknowledged by
+the MQTT gateway and dropped (docs/decisions/nats-tier.md, decision 3). So a deployment runs this once
+(like broker-setup on mosquitto), after the cluster is up and before the devices: it makes the gateway
+create its streams (one MQTT 3.1.1 connect, clean session, if `$MQTT_msgs` does not exist yet) and creates
+each durable (R3 like the stream, explicit ack, `max_ack_pending`, `ack_wait`). Idempotent; `--update`
+applies new limits to durables that exist. Scaling ingest in or out never deletes a durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Annotated, Any
+
+import typer
+
+from cloud.runtime.jetstream import (
+    DEFAULT_ACK_WAIT_S,
+    DEFAULT_MAX_ACK_PENDING,
+    DurableSpec,
+    ensure_durable,
+    redact_urls,
+    split_urls,
+)
+
+app = typer.Typer(no_args_is_help=True, help="The NATS JetStream tier: set up its durables.")
+
+SETUP_TIMEOUT_S = 60.0
+
+
+def make_streams(mqtt_url: str, timeout_s: float) -> None:
+    """One clean MQTT 3.1.1 connect to the gateway: it creates its streams for the account."""
+    from cloud.runtime.mqtt import MqttClient
+
+    client = MqttClient(mqtt_url, f"mf-nats-setup-{os.getpid()}", version="3.1.1", clean_start=True)
+    client.start()
+    try:
+        if not client.wait_connected(timeout_s):
+            raise RuntimeError(f"no CONNACK from the MQTT gateway at {client.redacted}: {client.refusal}")
+    finally:
+        client.stop()
+
+
+async def setup(
+    urls: str,
+    specs: list[DurableSpec],
+    *,
+    mqtt_url: str | None,
+    update: bool = False,
+    timeout_s: float = SETUP_TIMEOUT_S,
+) -> dict[str, str]:
+    """Create (or with `update` reconfigure) each durable; returns name -> created/exists/updated."""
+    import nats
+    from nats.js.errors import NotFoundError
+
+    nc = await nats.connect(servers=split_urls(urls), connect_timeout=5.0, max_reconnect_attempts=10)
+    try:
+        js = nc.jetstream(timeout=10.0)
+        deadline = time.monotonic() + timeout_s
+        made = False
+        outcomes: dict[str, str] = {}
+        for spec in specs:
+            while True:
+                try:
+                    outcomes[spec.name] = await ensure_durable(js, spec, update=update)
+                    break
+                except NotFoundError:  # the stream: the gateway makes it when an MQTT client connects
+                    if mqtt_url is None:
+                        raise RuntimeError(
+                            f"stream {spec.stream} does not exist: give --mqtt-url (the gateway) so that "
+                            "setup connects once and the gateway creates its streams"
+                        ) from None
+                    if not made:
+                        await asyncio.to_thread(make_streams, mqtt_url, max(1.0, deadline - time.monotonic()))
+                        made = True
+                except (TimeoutError, nats.errors.Error) as exc:  # 503: the stream elects its leader
+                    if time.monotonic() >= deadline:
+                        raise RuntimeError(f"durable {spec.name} not set up: {exc!r}") from exc
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(f"stream {spec.stream} did not appear within {timeout_s:.0f} s")
+                await asyncio.sleep(0.2)
+        return outcomes
+    finally:
+        await nc.close()
+
+
+@app.command("setup")
+def setup_command(
+    url: Annotated[
+        str, typer.Option(envvar="MICROFLEET_NATS_URL", help="nats://host:port[,nats://host:port...]")
+    ],
+    mqtt_url: Annotated[
+        str | None,
+        typer.Option(envvar="MICROFLEET_MQTT_URL", help="The MQTT gateway (to make its streams exist)."),
+    ] = None,
+    durable: Annotated[
+        list[str] | None, typer.Option(help="Durable to create (repeat). Default: ingest.")
+    ] = None,
+    max_ack_pending: Annotated[
+        int, typer.Option(min=1, help="Unacknowledged messages per durable, all processes together.")
+    ] = DEFAULT_MAX_ACK_PENDING,
+    ack_wait_s: Annotated[
+        float, typer.Option(min=1.0, help="A message held longer goes to another process.")
+    ] = DEFAULT_ACK_WAIT_S,
+    update: Annotated[bool, typer.Option(help="Apply these limits to durables that exist.")] = False,
+    timeout_s: Annotated[float, typer.Option(min=1.0)] = SETUP_TIMEOUT_S,
+) -> None:
+    """Create the JetStream durables of the NATS tier (before any device connects). Idempotent."""
+    try:
+        split_urls(url)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    specs = [
+        DurableSpec(name=name, max_ack_pending=max_ack_pending, ack_wait_s=ack_wait_s)
+        for name in (durable or ["ingest"])
+    ]
+    try:
+        outcomes: dict[str, Any] = asyncio.run(
+            setup(url, specs, mqtt_url=mqtt_url, update=update, timeout_s=timeout_s)
+        )
+    except (RuntimeError, OSError, TimeoutError) as exc:
+        typer.echo(f"nats setup at {redact_urls(url)} failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for name, outcome in outcomes.items():
+        typer.echo(f"durable {name} on {specs[0].stream}: {outcome}")

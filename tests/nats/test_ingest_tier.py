@@ -1,0 +1,262 @@
+"""The NATS tier end to end: real edge agents speaking MQTT 3.1.1 to the MQTT gateways of a real three-node
+NATS cluster, `microfleet nats setup` creating the durable, two real `python -m cloud.ingest` processes
+sharing that one JetStream durable on `$MQTT_msgs`, commit marks going back through a gateway, and a
+scratch PostgreSQL database. Under each fault, every sequence number every agent put in its outbox is
+stored exactly once, and the outboxes empty only as the commit marks advance (docs/decisions/nats-tier.md).
+
+- happy path: no fault;
+- SIGKILL the node leading `$MQTT_msgs` during traffic (the gateways stall while it elects a new leader;
+  fetches answer 503 or time out);
+- SIGKILL the node two agents are connected to: they move to the next node of their URL list and re-send
+  what no commit mark covers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from cloud.db.migrate import migrate
+from contract.messages import EndReason
+from edge.app import Agent
+from edge.clock import ManualClock
+from edge.sensor import DemoSensor
+from tests.e2e.test_delivery_faults import Device, Ingest, check_exactly_once
+from tests.edge.conftest import fast_config
+from tests.support.nats import NatsCluster, nats_server_binary
+from tests.support.services import ROOT
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        nats_server_binary() is None,
+        reason="nats-server is not installed: apt-get install -y nats-server (or set MICROFLEET_NATS_SERVER)",
+    ),
+]
+DEVICES = 4
+SAMPLES_PER_MESSAGE = 5
+MESSAGE_GAP_S = 0.05  # per agent: ~20 messages/s each
+ACK_WAIT_S = 5  # a message a killed ingest held comes back this soon
+DRAIN_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Tier:
+    cluster: NatsCluster
+    ingest: Ingest
+    dsn: str
+    tmp_path: Path
+
+    def setup_durable(self, gateway: int = 0) -> str:
+        """`microfleet nats setup`, as a deployment runs it before the devices connect."""
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "nats",
+                "setup",
+                "--url",
+                ",".join(self.cluster.nats_urls()),
+                "--mqtt-url",
+                self.cluster.mqtt_url(gateway),
+                "--ack-wait-s",
+                str(ACK_WAIT_S),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+
+@pytest.fixture
+def tier(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tier]:
+    migrate(database_url)
+    with NatsCluster.started(tmp_path / "nats") as cluster:
+        # every ingest process reads from any node (nats-py moves between them) ...
+        monkeypatch.setenv("MICROFLEET_NATS_URL", ",".join(cluster.nats_urls()))
+        ingest = Ingest(database_url, cluster.mqtt_url(0), tmp_path)  # ... and sends marks via a gateway
+        try:
+            yield Tier(cluster, ingest, database_url, tmp_path)
+        finally:
+            ingest.close()
+
+
+def gateway_urls(cluster: NatsCluster, first: int) -> str:
+    """Every node's gateway, starting with `first`: the agent moves to the next after a lost connection."""
+    n = len(cluster.nodes)
+    return ",".join(cluster.mqtt_url((first + k) % n) for k in range(n))
+
+
+class Fleet:
+    """Real agents in MQTT 3.1.1 mode, agent i first connecting to node homes[i]."""
+
+    def __init__(self, tier: Tier, homes: list[int]) -> None:
+        self.tier = tier
+        self.homes = homes
+        self.devices: list[Device] = []
+        self._running = True
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Fleet]:
+        start = datetime.now(UTC) - timedelta(hours=1)
+        try:
+            for i, home in enumerate(self.homes):
+                device_id = f"nats-{i:02d}"  # no '.': nats-server 2.9.10 refuses it in MQTT topics
+                cfg = fast_config(
+                    self.tier.tmp_path / device_id,
+                    gateway_urls(self.tier.cluster, home),
+                    device_id=device_id,
+                    mqtt_version="3.1.1",
+                    samples_per_batch=SAMPLES_PER_MESSAGE,
+                    session_expiry_s=600,
+                    connect_timeout_s=5.0,
+                    commit_timeout_s=3.0,
+                    commit_timeout_max_s=9.0,
+                )
+                clock = ManualClock(start + timedelta(seconds=i))
+                agent = Agent(cfg, clock=clock)
+                await agent.__aenter__()
+                device = Device(agent, clock, DemoSensor(seed=i))
+                put = agent.outbox.put
+
+                def recording_put(topic: str, build: Callable[[int], bytes], d: Device = device, p=put):  # type: ignore[no-untyped-def]
+                    result = p(topic, build)
+                    d.put_seqs.append(result.seq)
+                    return result
+
+                agent.outbox.put = recording_put  # type: ignore[method-assign]
+                self.devices.append(device)
+            async with asyncio.TaskGroup() as tg:
+                self._tasks = [tg.create_task(self._traffic(d)) for d in self.devices]
+                try:
+                    yield self
+                finally:
+                    await self.stop_traffic()
+        finally:
+            for d in self.devices:
+                await d.agent.__aexit__(None, None, None)
+
+    async def stop_traffic(self) -> None:
+        self._running = False
+        await asyncio.gather(*self._tasks)
+
+    async def _traffic(self, d: Device) -> None:
+        while self._running:
+            d.agent.start_session(3)
+            for _ in range(12):
+                for _ in range(SAMPLES_PER_MESSAGE):
+                    d.clock.advance(1.0)
+                    d.agent.record(d.sensor.read(d.clock.now(), 3))
+                    d.samples += 1
+                await asyncio.sleep(MESSAGE_GAP_S)
+                if not self._running:
+                    break
+            d.agent.end_session(EndReason.USER)
+            d.clock.advance(30.0)
+
+    async def committed(self, timeout_s: float) -> None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                for d in self.devices:
+                    await d.agent.drained()
+        except TimeoutError:
+            for d in self.devices:
+                ob = d.agent.outbox
+                print(d.agent.config.device_id, "depth", ob.depth, "next", ob.next_seq, d.agent.link.stats)
+            raise
+
+
+async def run_with_fault(
+    t: Tier, fault: Callable[[Fleet], Awaitable[None]], *, homes: list[int], consumers: int = 2
+) -> Fleet:
+    for i in range(1, consumers + 1):
+        t.ingest.start(i)
+    for i in range(1, consumers + 1):
+        await asyncio.to_thread(t.ingest.wait_subscribed, i)
+    try:
+        async with Fleet(t, homes).running() as fleet:
+            async with asyncio.timeout(30):
+                for d in fleet.devices:
+                    await d.agent.link.connected.wait()
+            await asyncio.sleep(1.5)  # traffic flows before the fault
+            await fault(fleet)
+            await asyncio.sleep(1.5)  # and after it
+            await fleet.stop_traffic()
+            await fleet.committed(DRAIN_TIMEOUT_S)
+            await asyncio.to_thread(check_exactly_once, t.dsn, fleet)  # type: ignore[arg-type]
+            for d in fleet.devices:
+                assert d.agent.link.stats.committed > 0  # the marks emptied the outboxes, not PUBACKs
+        return fleet
+    except BaseException:
+        print(t.ingest.logs())
+        raise
+
+
+async def test_happy_path_two_ingest_processes_share_one_durable(tier: Tier) -> None:
+    out = await asyncio.to_thread(tier.setup_durable)
+    assert "durable ingest on $MQTT_msgs: created" in out
+    again = await asyncio.to_thread(tier.setup_durable)  # idempotent: a second deployment run
+    assert "durable ingest on $MQTT_msgs: exists" in again
+
+    async def no_fault(_fleet: Fleet) -> None:
+        await asyncio.sleep(1.0)
+
+    await run_with_fault(tier, no_fault, homes=[0, 1, 2, 1])
+    for i in (1, 2):  # a clean stop: fetch no more, commit and ack what is held
+        await asyncio.to_thread(tier.ingest.signal, i, signal.SIGTERM)
+    for i in (1, 2):  # both processes took a share of the one durable
+        log = (tier.tmp_path / f"ingest-{i}.log").read_text()
+        assert f"ingest-{i} subscribed to $MQTT_msgs durable ingest" in log
+        stopped = re.search(rf"ingest ingest-{i} stopped \(left the group\): messages=(\d+)", log)
+        assert stopped is not None, log[-2000:]
+        assert int(stopped.group(1)) > 0
+
+
+async def test_sigkill_the_stream_leader_during_traffic(tier: Tier) -> None:
+    await asyncio.to_thread(tier.setup_durable)
+    leader = tier.cluster.wait_stream_leader("$MQTT_msgs")
+    victim = tier.cluster.index(leader)
+    others = [n.index for n in tier.cluster.nodes if n.index != victim]
+    tier.ingest.mqtt_url = tier.cluster.mqtt_url(others[0])  # the marks' gateway survives
+
+    async def kill_leader(_fleet: Fleet) -> None:
+        await asyncio.to_thread(tier.cluster.kill, victim)
+        new = await asyncio.to_thread(tier.cluster.wait_stream_leader, "$MQTT_msgs", not_on=leader)
+        assert new != leader
+
+    # the agents sit on the surviving nodes: the leader's loss alone is the fault
+    await run_with_fault(tier, kill_leader, homes=[others[0], others[1], others[0], others[1]])
+
+
+async def test_sigkill_the_node_agents_are_connected_to(tier: Tier) -> None:
+    await asyncio.to_thread(tier.setup_durable)
+    victim = 2
+    tier.ingest.mqtt_url = tier.cluster.mqtt_url(0)
+
+    async def kill_home(fleet: Fleet) -> None:
+        before = [d.agent.link.stats.connects for d in fleet.devices]
+        await asyncio.to_thread(tier.cluster.kill, victim)
+        async with asyncio.timeout(30):  # the agents of node 2 come back through node 0's gateway
+            while not all(  # noqa: ASYNC110 - link stats have no event of their own
+                d.agent.link.stats.connects > before[i] and d.agent.link.connected.is_set()
+                for i, d in enumerate(fleet.devices)
+                if fleet.homes[i] == victim
+            ):
+                await asyncio.sleep(0.1)
+
+    await run_with_fault(tier, kill_home, homes=[victim, victim, 0, 1])
