@@ -12,6 +12,7 @@ from cloud.api.cli import app as api_app
 from cloud.dashboards.cli import app as dashboards_app
 from cloud.db.cli import app as db_app
 from cloud.identity.cli import broker_app, devices_app, keys_app, pki_app
+from cloud.identity.nats_cli import app as nats_auth_app
 from cloud.ingest.cli import app as ingest_app
 from cloud.ota.cli import app as ota_app
 from cloud.protocols.cli import app as protocol_app
@@ -27,6 +28,7 @@ app.add_typer(
 )
 app.add_typer(protocol_app, name="protocol", help="Treatment protocols: validate, publish, status.")
 app.add_typer(broker_app, name="broker")
+app.add_typer(nats_auth_app, name="nats-auth")
 app.add_typer(pki_app, name="pki")
 app.add_typer(keys_app, name="keys")
 for command in ingest_app.registered_commands:

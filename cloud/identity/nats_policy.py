@@ -109,11 +109,16 @@ def device_permissions(device_id: str) -> Permissions:
 
 
 def _durable(name: str) -> tuple[str, ...]:
-    """What a process pulling from durable `name` on $MQTT_msgs publishes: its info, its next batch, and
-    its acknowledgements (nats-py: pull_subscribe_bind / fetch / ack)."""
+    """What a process pulling from durable `name` on $MQTT_msgs publishes: the stream's and its info,
+    creating it when missing (cloud.runtime.jetstream.ensure_durable; both forms of the create API: 2.9's
+    DURABLE.CREATE and 2.10's CONSUMER.CREATE with its filter), its next batch, and its acknowledgements.
+    Never another durable, never a delete: a scale-in cannot strand the others' messages."""
     return (
         f"$JS.API.STREAM.INFO.{MQTT_STREAM}",
         f"$JS.API.CONSUMER.INFO.{MQTT_STREAM}.{name}",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{MQTT_STREAM}.{name}",
+        f"$JS.API.CONSUMER.CREATE.{MQTT_STREAM}.{name}",
+        f"$JS.API.CONSUMER.CREATE.{MQTT_STREAM}.{name}.>",
         f"$JS.API.CONSUMER.MSG.NEXT.{MQTT_STREAM}.{name}",
         f"$JS.ACK.{MQTT_STREAM}.{name}.>",
     )

@@ -175,13 +175,13 @@ async def _js_call(url: str, user: str, password: str, fn: Any) -> Any:
         await nc.close()
 
 
-def create_durable(url: str, user: str, password: str, durable: str) -> None:
+def create_durable(url: str, user: str, password: str, durable: str, timeout: float = 5.0) -> None:
     """What deployment does before devices publish ($MQTT_msgs is an interest stream)."""
     from nats.js.api import AckPolicy, ConsumerConfig
 
     async def add(js: Any) -> None:
         cfg = ConsumerConfig(durable_name=durable, filter_subject=UPLINKS, ack_policy=AckPolicy.EXPLICIT)
-        await js.add_consumer(nats_policy.MQTT_STREAM, cfg)
+        await js.add_consumer(nats_policy.MQTT_STREAM, cfg, timeout=timeout)
 
     asyncio.run(_js_call(url, user, password, add))
 
@@ -322,6 +322,26 @@ def test_device_publishes_its_own_uplinks_and_nothing_else(auth: AuthCluster) ->
     ]
     # the server says why it dropped it (2.9.10 and 2.15.1 word the line differently)
     assert any("mf.v1.dev-b.up.status" in line for line in log_lines(c, "Publish Violation"))
+
+
+def test_a_service_reaches_its_own_durable_only(auth: AuthCluster) -> None:
+    """svc-ingest may (re)create and read durable `ingest` (the server answers with the consumer), not the
+    alert engine's, and may delete nothing."""
+    import nats.errors
+
+    url, pw = auth.cluster.nats_url(0), auth.secrets["svc-ingest"]
+    create_durable(url, "svc-ingest", pw, "ingest")  # exists, same config: the idempotent create is allowed
+    with pytest.raises((nats.errors.TimeoutError, nats.errors.Error)):  # the server drops a refused request
+        create_durable(url, "svc-ingest", pw, "alerts", timeout=1.0)
+
+    async def delete(js: Any) -> None:
+        await asyncio.wait_for(js.delete_consumer(nats_policy.MQTT_STREAM, "ingest"), 1.0)
+
+    with pytest.raises((TimeoutError, nats.errors.TimeoutError, nats.errors.Error)):
+        asyncio.run(_js_call(url, "svc-ingest", pw, delete))
+    refused = log_lines(auth.cluster, "Publish Violation")
+    assert any("CONSUMER.DELETE.$MQTT_msgs.ingest" in line for line in refused)
+    assert any(".$MQTT_msgs.alerts" in line for line in refused)
 
 
 def test_device_receives_its_own_downlinks_from_their_owners_only(auth: AuthCluster) -> None:
