@@ -15,11 +15,17 @@ A notice the broker answered but did not route (0x10: the device is offline, or 
 again after a doubling delay, per notice: `timer_s`, 2x, 4x ... capped at NOTICE_RETRY_CAP_S (its
 `release_at` moves; `attempts` counts the tries), until it is delivered or expires. A notice that got no
 answer (no connection, timeout) is tried again next round: the broker never saw it.
+
+Gates are desired state the broker keeps (retained), and a broker that crashes loses what it took since
+its last save (autosave_interval, 5 s). So every time the publisher connects (`resend_gates`, from its
+on_up), every gate is marked unpublished and sent again: a device gets its gate back whatever the broker
+lost (a resend is harmless: the device gets the retained gate again at every subscribe anyway).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -71,6 +77,12 @@ class DeliveryWorker(OutboxWorker):
         self.sent_gates = 0
         self.failed_notices = 0
         self.failed_gates = 0
+        self._resend_gates = threading.Event()
+
+    def resend_gates(self) -> None:
+        """Send every gate again at the next round (safe from any thread: the publisher's on_up calls it)."""
+        self._resend_gates.set()
+        self.wake()
 
     def round(self, conn: psycopg.Connection[Any]) -> bool:
         """One claim-publish-mark round; True if a full batch was found (more may be due)."""
@@ -121,6 +133,19 @@ class DeliveryWorker(OutboxWorker):
                 log.info("%d notices not delivered (%s); tried again later", len(failed), why)
             self.sent_notices += len(done)
             self.failed_notices += len(failed)
+        if self._resend_gates.is_set():
+            self._resend_gates.clear()
+            try:
+                with conn.transaction():
+                    n = conn.execute(
+                        "update safety_gates set published_version = version - 1 "
+                        "where published_version >= version"
+                    ).rowcount
+            except psycopg.Error:
+                self._resend_gates.set()  # tried again next round
+                raise
+            if n:
+                log.info("publisher (re)connected: %d safety gates sent again", n)
         with conn.transaction():
             gates = conn.execute(DUE_GATES, {"limit": BATCH}).fetchall()
             gmsgs = [

@@ -125,6 +125,8 @@ class AlertService:
             cfg.mqtt_url, f"{cfg.consumer_id}-down", ca_file=cfg.mqtt_ca_file, inflight=BATCH
         )
         self.delivery = DeliveryWorker(cfg, self.publisher, clock, self.db)
+        # retained gates the broker may have lost in a crash are sent again on every (re)connect
+        self.publisher.mqtt.on_up.append(lambda _session_present: self.delivery.resend_gates())
         self.webhook = WebhookWorker(cfg, clock, self.db) if cfg.webhook_url else None
         self.gate = GatePoller(cfg, clock, self.delivery.wake, self.db) if gate else None
         self.on_batch: Callable[[BatchResult], None] | None = None

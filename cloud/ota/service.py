@@ -9,6 +9,10 @@
   error gate, complete; for a cancelling rollout, publish a cancel (retained, same job id) to every device
   whose job was sent, and mark the rollout cancelled once no job is unfinished.
 
+Every time its broker connection comes up (the first time, and after a broker restart that may have
+lost retained messages saved in the last 5 s), it sends again the desired state its identity owns:
+each device's OTA job in flight and each device's assigned protocol (desired.py), before the next tick.
+
 MQTT goes through cloud.runtime's threaded Publisher (TLS, credentials, reconnect with backoff), called
 with asyncio.to_thread: a job counts as sent only once the broker took it (PUBACK < 0x80; 0x10 is fine
 for a retained job); one refused, unacknowledged or not sent for want of a connection stays pending and
@@ -24,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -33,7 +38,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from cloud.ota import store
+from cloud.ota import desired, store
 from cloud.ota.artifacts import release_by_id
 from cloud.ota.metrics import OtaMetrics
 from cloud.ota.rollout import Advance, Complete, Dispatch, GateMet, Pause, WaveCounts, decide
@@ -77,6 +82,8 @@ class OtaService:
         self._publisher: Publisher | None = None
         self.subscribed = asyncio.Event()  # connected to the broker: jobs can be published
         self._stopping = asyncio.Event()
+        self._resend = threading.Event()  # set by the publisher's on_up: send the desired state again
+        self.resent = 0  # desired-state messages sent again after a connect
         self.metrics = OtaMetrics()
         self.metrics_server = MetricsServer.optional(
             f"ota-{config.group}",
@@ -116,6 +123,7 @@ class OtaService:
             ca_file=self.config.mqtt_ca_file,
             inflight=PUBLISH_WINDOW,
         )
+        publisher.mqtt.on_up.append(lambda _session_present: self._resend.set())
         if self.metrics_server is not None:
             self.metrics_server.start()
         publisher.start()
@@ -140,6 +148,9 @@ class OtaService:
             while not self._stopping.is_set():
                 started = time.perf_counter()
                 try:
+                    if self._resend.is_set():
+                        self._resend.clear()
+                        await self._resend_desired(conn)
                     await self.tick(conn)
                 except Exception:  # one bad tick must not stop the service; the next one retries
                     self.metrics.tick_failures.inc()
@@ -148,6 +159,47 @@ class OtaService:
                 self.metrics.tick_seconds.observe(time.perf_counter() - started)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.config.tick_s)
+
+    async def _resend_desired(self, conn: AsyncConnection[Any]) -> None:
+        """Send the desired state this service owns again (retained, QoS 1), in windows; if the broker
+        does not take all of it, everything is tried again at the next tick.
+
+        A protocol published meanwhile (`protocol publish` stores, then sends) could be overtaken by the
+        older document read here; so the assignments are read again afterwards and a device whose
+        assignment changed gets its current document once more (the publisher's own send, or this one,
+        is then the last)."""
+        publisher = self._publisher
+        if publisher is None:
+            return
+        protocols = await desired.protocols(conn)
+        messages = [*protocols, *await desired.ota_jobs(conn, self.config.artifact_base_url)]
+        try:
+            ok = await self._publish_retained(publisher, messages)
+            if ok:
+                before = dict(protocols)
+                changed = [(t, p) for t, p in await desired.protocols(conn) if before.get(t, p) != p]
+                ok = await self._publish_retained(publisher, changed)
+        except BaseException:
+            self._resend.set()
+            raise
+        if not ok:
+            self._resend.set()
+        elif messages:
+            log.info(
+                "connected: %d retained desired-state messages sent again (protocols, OTA jobs)",
+                len(messages),
+            )
+
+    async def _publish_retained(self, publisher: Publisher, messages: list[tuple[str, bytes]]) -> bool:
+        for i in range(0, len(messages), PUBLISH_WINDOW):
+            chunk = [Outgoing(t, p, True) for t, p in messages[i : i + PUBLISH_WINDOW]]
+            outcomes = await asyncio.to_thread(publisher.publish_many, chunk, PUBACK_TIMEOUT_S)
+            self.resent += sum(1 for o in outcomes if o.accepted)
+            if not all(o.accepted for o in outcomes):
+                first = next(o for o in outcomes if not o.accepted)
+                log.warning("desired state not all taken by the broker (%s); sent again next tick", first)
+                return False
+        return True
 
     # -- decisions -----------------------------------------------------------------------------------
     async def tick(self, conn: AsyncConnection[Any]) -> None:

@@ -73,18 +73,21 @@ def test_sigterm_stops_the_rollout_loop_disconnects_and_exits_0(
     reader.start()
     try:
         # the rollout loop runs and the broker took both jobs
-        wait_for(
-            lambda: (
-                query(
-                    database_url,
-                    "select count(*) from ota_device_jobs where rollout_id = %s and state = 'sent'",
-                    rid,
-                )[0][0]
-                == 2
-            ),
-            30,
-            "both jobs sent",
-        )
+        try:
+            wait_for(
+                lambda: (
+                    query(
+                        database_url,
+                        "select count(*) from ota_device_jobs where rollout_id = %s and state = 'sent'",
+                        rid,
+                    )[0][0]
+                    == 2
+                ),
+                30,
+                "both jobs sent",
+            )
+        except AssertionError:
+            raise AssertionError(f"jobs not sent; `ota serve` said:\n{''.join(lines)}") from None
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
