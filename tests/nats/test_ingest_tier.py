@@ -8,7 +8,8 @@ stored exactly once, and the outboxes empty only as the commit marks advance (do
 - SIGKILL the node leading `$MQTT_msgs` during traffic (the gateways stall while it elects a new leader;
   fetches answer 503 or time out);
 - SIGKILL the node two agents are connected to: they move to the next node of their URL list and re-send
-  what no commit mark covers.
+  what no commit mark covers;
+- SIGKILL an ingest process and restart it: what it held unacknowledged comes back after ack_wait.
 """
 
 from __future__ import annotations
@@ -260,3 +261,14 @@ async def test_sigkill_the_node_agents_are_connected_to(tier: Tier) -> None:
                 await asyncio.sleep(0.1)
 
     await run_with_fault(tier, kill_home, homes=[victim, victim, 0, 1])
+
+
+async def test_sigkill_an_ingest_process_its_held_messages_come_back(tier: Tier) -> None:
+    await asyncio.to_thread(tier.setup_durable)
+
+    async def kill_ingest(_fleet: Fleet) -> None:
+        await asyncio.to_thread(tier.ingest.signal, 1, signal.SIGKILL)  # what it held is not acked ...
+        await asyncio.sleep(0.7)
+        tier.ingest.start(1)  # ... and JetStream hands it out again after ack_wait (5 s here)
+
+    await run_with_fault(tier, kill_ingest, homes=[0, 1, 2, 0])
