@@ -9,12 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench._common import session_traffic, to_wire
-from cloud.ingest import rows
+from cloud.ingest import rows, tables
 from cloud.ingest.batcher import Batcher
 from contract import topics
 from contract.codec import encode
 from contract.errors import Reason
-from contract.messages import DeviceEvent, DeviceState, EventType, Status
+from contract.messages import DeviceEvent, DeviceState, EventType, Sample, SampleBatch, Status
 from contract.topics import Uplink
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -203,3 +203,68 @@ def test_the_late_horizon_covers_the_outbox_on_both_paths() -> None:
     assert late_horizon_for("plain", 17 * day, 30 * day) == 30 * day  # nothing compressed: the retention
     assert late_horizon_for("plain", None, None) > 3650 * day
     assert late_horizon_for(None, None, None) == MIN_LATE_HORIZON
+
+
+def _sample_batch(seq: int, times: list[int], *, device: str = "dev-s", level: int = 3) -> tuple[str, bytes]:
+    samples = tuple(
+        Sample(
+            t=START + timedelta(seconds=s),
+            current_ua=1.0,
+            voltage_v=2.0,
+            impedance_ohm=3.0,
+            contact=True,
+            zone=None,
+            level=level,
+        )
+        for s in times
+    )
+    m = SampleBatch(
+        device_id=device,
+        seq=seq,
+        ts=START + timedelta(seconds=max(times) + 1),
+        session_id="s-1",
+        samples=samples,
+    )
+    return to_wire(m)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 40), min_size=1, max_size=8), min_size=1, max_size=12))
+def test_sample_rows_are_one_per_key_in_any_time_order(messages: list[list[int]]) -> None:
+    """Sample times in any order, repeated inside a message or across messages, other devices between:
+    one row per (device_id, ts), and the first message to carry a key gives its row."""
+    b: Batcher[int] = Batcher(consumer="c", max_messages=10**6)
+    first: dict[tuple[str, datetime], int] = {}
+    for i, times in enumerate(messages):
+        device = "dev-s" if i % 3 else "dev-t"
+        assert b.add(*_sample_batch(i, times, device=device, level=i % 20), i, now=NOW, mono=0.0) is None
+        for s in times:
+            first.setdefault((device, START + timedelta(seconds=s)), i % 20)
+    batch = b.take()
+    got = {(r[0], r[1]): r[8] for r in batch.samples}
+    assert len(got) == len(batch.samples), "a (device_id, ts) key twice in one batch"
+    assert got == first
+    assert len(batch.uplink_log) == len(batch.receipts) == len(messages)
+
+
+def test_the_contract_bounds_of_a_sample_batch_fit_its_columns() -> None:
+    """Batcher._add_samples skips the column-type check: the contract must keep every field of a sample
+    batch within its column (here at the bounds the contract accepts)."""
+    from contract.limits import CURRENT_UA, IMPEDANCE_OHM, LEVEL, VOLTAGE_V
+
+    s = Sample(
+        t=START,
+        current_ua=CURRENT_UA[1],
+        voltage_v=VOLTAGE_V[1],
+        impedance_ohm=IMPEDANCE_OHM[1],
+        contact=True,
+        zone=None,
+        level=LEVEL[1],
+    )
+    m = SampleBatch(device_id="d" * 64, seq=2**63 - 1, ts=START, session_id="s" * 64, samples=(s,))
+    b: Batcher[int] = Batcher(consumer="c")
+    assert b.add(*to_wire(m), 1, now=NOW, mono=0.0) is None
+    batch = b.take()
+    assert tables.misfit(tables.SAMPLES, batch.samples[0]) is None
+    assert tables.misfit(tables.UPLINK_LOG, batch.uplink_log[0]) is None
+    assert tables.misfit(tables.DEVICES, batch.devices[0]) is None
