@@ -1,31 +1,40 @@
-"""`microfleet compose-loadtest`: scale the compose project's `simulator` service to N replicas, watch each
-container's CPU and memory through the Docker engine, and count what the cloud stored.
+"""`microfleet compose-loadtest`: run the compose project's `simulator` service as N replicas of load
+(`microfleet sim --load`: sessions back to back, device time = wall time), inject faults, watch every
+container's CPU and memory through the Docker engine API (Docker or Podman), and count what the cloud stored.
 
-    microfleet compose-loadtest --replicas 4 --devices 2000 --hold 120
+    microfleet compose-loadtest --replicas 4 --devices 2000 --hold 120 --fault restart:broker@30
 
 1. `docker compose -p <project> -f <file> up -d --no-deps --scale simulator=N simulator`, with
    SIM_REPLICAS=N and SIM_DEVICES=<devices> so the N replicas' slices cover the fleet exactly once
    (simulators/slicing.py);
-2. every `--interval` seconds for `--hold` seconds, `container.stats(stream=False)` of each simulator
-   container (docker SDK): CPU % as `docker stats` computes it, memory without the page cache;
-3. after `--settle` seconds, from the database (the functions of cli/loadtest.py): loss = the gaps in
-   each device's seq in `uplink_log` (the devices run inside the containers, so a lost tail after the
-   last stored seq is not visible from here), duplicates, end-to-end latency p50/p95/p99/max;
-4. a table, a JSON report; exit 1 when messages were lost. `--scale-down` stops the replicas afterwards.
+2. for `--hold` seconds, every `--interval`: each running container's cumulative CPU time (cgroup usage,
+   `cpu_stats.cpu_usage.total_usage`) and memory; CPU % is the CPU time used between two readings of the
+   same container over the wall time between them (a restarted container's counter starts again at 0).
+   Each `--fault ACTION:SERVICE[:N]@SECONDS` (restart, stop or kill; N: the replica number) runs at its
+   time after the scale-up;
+3. the simulators are stopped (SIGTERM: open sessions end, each outbox drains until the cloud's commit
+   marks cover it; exit code 0 = drained, else messages were left) and removed;
+4. from the database (functions of cli/loadtest.py): loss = the gaps in each device's seq in `uplink_log`
+   (together with the drained outboxes: nothing a device created was lost), duplicates, and end-to-end
+   latency p50/p95/p99/max (`stored_at - sent_at`: the device's timestamp to the ingest commit) of the
+   data messages sent since the scale-up;
+5. rich tables and a JSON report; exit 1 when messages were lost, a device stored nothing, an outbox did
+   not drain or a fault could not be injected.
 
-The parsing and the summary are pure functions (tests/sim/test_compose_loadtest.py); the Docker part
-needs a running engine and the compose project's images.
+The parsing and the summaries are pure functions (tests/sim/test_compose_loadtest.py); the engine part
+runs in `make compose-test` (scripts/compose-test).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,45 +43,60 @@ from typing import Annotated, Any
 import psycopg
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from cli.loadtest import latency_since, latency_text, loss_by_device, stored_seqs
+from cli.compose_report import ContainerSample, FaultRun, Report, StoreFigures, print_report, summarize
+from cli.loadtest import latency_since, loss_by_device, stored_seqs
 
-console = Console()
+console = Console(width=None if os.isatty(1) else 120)
 SERVICE = "simulator"
-MIB = 2**20
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+NUMBER_LABEL = "com.docker.compose.container-number"
 
 
 @dataclass(frozen=True, slots=True)
-class ContainerSample:
-    name: str
-    at: float  # monotonic seconds
-    cpu_pct: float  # of ONE core, as `docker stats` shows it (4 busy cores: 400 %)
-    mem_bytes: int
-    mem_limit: int
+class Fault:
+    action: str  # restart | stop | kill
+    service: str
+    number: int | None  # the replica (compose's container number); None: the first one
+    at_s: float
+
+    @property
+    def text(self) -> str:
+        number = f":{self.number}" if self.number is not None else ""
+        return f"{self.action}:{self.service}{number}@{self.at_s:g}"
 
 
-@dataclass(frozen=True, slots=True)
-class ContainerSummary:
-    name: str
-    samples: int
-    cpu_mean_pct: float
-    cpu_max_pct: float
-    mem_max_mib: float
-    mem_limit_mib: float
+FAULT_RE = re.compile(r"(restart|stop|kill):([A-Za-z0-9_.-]+)(?::(\d+))?@(\d+(?:\.\d+)?)")
 
 
-@dataclass(frozen=True, slots=True)
-class StoreFigures:
-    devices_seen: int
-    messages_stored: int
-    loss: int  # seq gaps
-    lost_by_device: dict[str, int]
-    duplicates_stored: int
-    latency_ms: dict[str, float | None]  # p50, p95, p99, max (None: no message measured), n
+def parse_fault(text: str) -> Fault:
+    """`restart:broker@20`, `stop:ingest:3@40`, `kill:alerts@10` -> Fault; BadParameter otherwise."""
+    m = FAULT_RE.fullmatch(text.strip())
+    if m is None:
+        raise typer.BadParameter(
+            f"--fault {text!r}: expected ACTION:SERVICE[:N]@SECONDS, ACTION restart, stop or kill "
+            "(e.g. restart:broker@20, stop:ingest:3@40)"
+        )
+    action, service, number, at = m.groups()
+    return Fault(action, service, int(number) if number else None, float(at))
 
 
-# -- pure: stats JSON -> figures ---------------------------------------------------------------------
+def parse_timings(items: Iterable[str]) -> dict[str, float]:
+    """`build=205` ... -> {"build": 205.0}; BadParameter on anything else."""
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise typer.BadParameter(f"--timing {item!r}: expected NAME=SECONDS") from None
+        if not name.strip():
+            raise typer.BadParameter(f"--timing {item!r}: expected NAME=SECONDS")
+    return out
+
+
+# -- pure: engine stats JSON -> figures -------------------------------------------------------------
 def _int(d: Mapping[str, Any], *path: str) -> int:
     cur: Any = d
     for key in path:
@@ -82,27 +106,9 @@ def _int(d: Mapping[str, Any], *path: str) -> int:
     return int(cur) if isinstance(cur, int | float) and not isinstance(cur, bool) else 0
 
 
-def cpu_percent(stats: Mapping[str, Any]) -> float:
-    """CPU % of one core between `precpu_stats` and `cpu_stats` (the formula of `docker stats`): the
-    container's share of the host's CPU time times the online CPUs. 0 when there is no previous reading
-    (the first sample of a stream) or nothing moved."""
-    cpu_delta = _int(stats, "cpu_stats", "cpu_usage", "total_usage") - _int(
-        stats, "precpu_stats", "cpu_usage", "total_usage"
-    )
-    pre_system = _int(stats, "precpu_stats", "system_cpu_usage")
-    system_delta = _int(stats, "cpu_stats", "system_cpu_usage") - pre_system
-    cpus = _int(stats, "cpu_stats", "online_cpus")
-    if cpus == 0:
-        percpu = ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("percpu_usage") or ()
-        cpus = len(percpu)
-    if pre_system == 0 or cpu_delta <= 0 or system_delta <= 0 or cpus == 0:
-        return 0.0
-    return cpu_delta / system_delta * cpus * 100.0
-
-
 def memory_bytes(stats: Mapping[str, Any]) -> tuple[int, int]:
     """(used, limit): usage without the inactive page cache, as `docker stats` shows it (cgroup v1:
-    `total_inactive_file`, v2: `inactive_file`)."""
+    `total_inactive_file`, v2: `inactive_file`; Podman reports the usage alone)."""
     mem = stats.get("memory_stats") or {}
     usage, limit = _int(mem, "usage"), _int(mem, "limit")
     inner = mem.get("stats") or {}
@@ -113,72 +119,15 @@ def memory_bytes(stats: Mapping[str, Any]) -> tuple[int, int]:
     return (usage - v2 if v2 < usage else usage), limit
 
 
-def sample_of(name: str, stats: Mapping[str, Any], at: float) -> ContainerSample:
+def sample_of(name: str, service: str, stats: Mapping[str, Any], at: float) -> ContainerSample:
     used, limit = memory_bytes(stats)
-    return ContainerSample(name.lstrip("/"), at, cpu_percent(stats), used, limit)
-
-
-def summarize(samples: Iterable[ContainerSample]) -> list[ContainerSummary]:
-    """Per container, by name: mean and max CPU %, peak memory; sorted by name."""
-    by: dict[str, list[ContainerSample]] = {}
-    for s in samples:
-        by.setdefault(s.name, []).append(s)
-    out = []
-    for name in sorted(by):
-        ss = by[name]
-        cpu = [s.cpu_pct for s in ss]
-        out.append(
-            ContainerSummary(
-                name=name,
-                samples=len(ss),
-                cpu_mean_pct=round(sum(cpu) / len(cpu), 1),
-                cpu_max_pct=round(max(cpu), 1),
-                mem_max_mib=round(max(s.mem_bytes for s in ss) / MIB, 1),
-                mem_limit_mib=round(max(s.mem_limit for s in ss) / MIB, 1),
-            )
-        )
-    return out
+    cpu_ns = _int(stats, "cpu_stats", "cpu_usage", "total_usage")
+    return ContainerSample(name.lstrip("/"), service, at, cpu_ns, used, limit)
 
 
 def expected_from_stored(seqs: Mapping[str, set[int]]) -> dict[str, int]:
     """The next seq each device must have given out, as far as the database can tell: max stored + 1."""
     return {dev: max(s) + 1 for dev, s in seqs.items() if s}
-
-
-def summary_table(containers: Sequence[ContainerSummary], store: StoreFigures | None) -> Table:
-    t = Table(title=f"microfleet compose-loadtest: {len(containers)} {SERVICE} containers")
-    for col in ("container", "samples", "cpu % mean", "cpu % max", "mem MiB max", "mem limit MiB"):
-        t.add_column(col, justify="left" if col == "container" else "right")
-    for c in containers:
-        t.add_row(
-            c.name,
-            str(c.samples),
-            f"{c.cpu_mean_pct:.1f}",
-            f"{c.cpu_max_pct:.1f}",
-            f"{c.mem_max_mib:.1f}",
-            f"{c.mem_limit_mib:.0f}",
-        )
-    if containers:
-        t.add_row(
-            "total",
-            str(sum(c.samples for c in containers)),
-            f"{sum(c.cpu_mean_pct for c in containers):.1f}",
-            "",
-            f"{sum(c.mem_max_mib for c in containers):.1f}",
-            "",
-            end_section=True,
-        )
-    if store is not None:
-        lat = latency_text(store.latency_ms)
-        colour = "green" if store.loss == 0 else "red"
-        for k, v in (
-            ("devices seen / messages stored", f"{store.devices_seen} / {store.messages_stored}"),
-            ("loss (seq gaps)", f"[{colour}]{store.loss}[/]"),
-            ("duplicates stored", str(store.duplicates_stored)),
-            ("latency ms p50 / p95 / p99 / max", lat),
-        ):
-            t.add_row(k, "", "", "", "", v)
-    return t
 
 
 def scale_command(compose: str, project: str, compose_file: Path, replicas: int) -> list[str]:
@@ -198,7 +147,7 @@ def scale_command(compose: str, project: str, compose_file: Path, replicas: int)
     ]
 
 
-# -- Docker and the database --------------------------------------------------------------------------
+# -- the engine and the database --------------------------------------------------------------------
 def scale(compose: str, project: str, compose_file: Path, replicas: int, devices: int) -> None:
     cmd = scale_command(compose, project, compose_file, replicas)
     env = {**os.environ, "SIM_REPLICAS": str(replicas), "SIM_DEVICES": str(devices)}
@@ -225,29 +174,85 @@ def _engine() -> Any:
     return client
 
 
-def simulator_containers(client: Any, project: str) -> list[Any]:
-    labels = [f"com.docker.compose.project={project}", f"com.docker.compose.service={SERVICE}"]
+def containers(client: Any, project: str, service: str | None = None) -> list[Any]:
+    labels = [f"{PROJECT_LABEL}={project}"] + ([f"{SERVICE_LABEL}={service}"] if service else [])
     return list(client.containers.list(filters={"label": labels, "status": "running"}))
 
 
-def watch(client: Any, project: str, hold_s: float, interval_s: float) -> list[ContainerSample]:
-    """Poll every simulator container's stats (in parallel: each call waits ~1 s for its second
-    reading) every `interval_s` for `hold_s`."""
+def _inject(client: Any, project: str, fault: Fault, t0: float) -> FaultRun:
+    started = time.monotonic()
+    found = sorted(
+        containers(client, project, fault.service), key=lambda c: int(c.labels.get(NUMBER_LABEL, 0))
+    )
+    if fault.number is not None:
+        found = [c for c in found if c.labels.get(NUMBER_LABEL) == str(fault.number)]
+    if not found:
+        return FaultRun(fault.text, "", round(started - t0, 1), 0.0, "no running container")
+    target = found[0]
+    try:
+        if fault.action == "restart":
+            target.restart(timeout=5)
+        elif fault.action == "stop":
+            target.stop(timeout=30)
+        else:
+            target.kill()
+    except Exception as exc:  # noqa: BLE001 - the engine's error is the fault's result, reported
+        return FaultRun(fault.text, target.name, round(started - t0, 1), 0.0, str(exc)[:200])
+    return FaultRun(
+        fault.text, target.name, round(started - t0, 1), round(time.monotonic() - started, 1), None
+    )
+
+
+def watch(
+    client: Any, project: str, hold_s: float, interval_s: float, faults: list[Fault]
+) -> tuple[list[ContainerSample], list[FaultRun]]:
+    """Read every running container's stats every `interval_s` for `hold_s` and run each fault at its
+    time (in the pool: a stop waits for the container's grace period)."""
     samples: list[ContainerSample] = []
-    end = time.monotonic() + hold_s
-    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="stats") as pool:
+    pending = sorted(faults, key=lambda f: f.at_s)
+    started: list[Future[FaultRun]] = []
+    t0 = time.monotonic()
+    end = t0 + hold_s
+    next_stats = t0
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="engine") as pool:
         while True:
-            t = time.monotonic()
-            containers = simulator_containers(client, project)
-            if not containers:
-                console.print(f"[yellow]no running {SERVICE} containers in project {project!r} yet[/]")
-            raw = list(pool.map(lambda c: (c.name, c.stats(stream=False)), containers))
-            samples += [sample_of(name, stats, t) for name, stats in raw]
-            cpu = sum(s.cpu_pct for s in samples if s.at == t)
-            console.print(f"{len(raw)} containers, {cpu:.0f} % cpu ({max(0.0, end - t):.0f} s left)")
-            if time.monotonic() + interval_s > end:
-                return samples
-            time.sleep(max(0.0, t + interval_s - time.monotonic()))
+            now = time.monotonic()
+            while pending and now - t0 >= pending[0].at_s:
+                fault = pending.pop(0)
+                console.print(f"fault at {now - t0:.0f} s: {fault.text}")
+                started.append(pool.submit(_inject, client, project, fault, t0))
+            if now >= next_stats:
+                found = containers(client, project)
+                raw = list(
+                    pool.map(
+                        lambda c: (c.name, c.labels.get(SERVICE_LABEL, ""), c.stats(stream=False)), found
+                    )
+                )
+                samples += [sample_of(name, service, stats, now) for name, service, stats in raw]
+                sims = sum(1 for _, service, _ in raw if service == SERVICE)
+                console.print(
+                    f"{now - t0:3.0f} s: {len(raw)} containers ({sims} {SERVICE}), {max(0.0, end - now):.0f} s left"
+                )
+                next_stats = now + interval_s
+            if now >= end and not pending:
+                break
+            wake = min(next_stats, end, *(t0 + f.at_s for f in pending[:1]))
+            time.sleep(max(0.05, wake - time.monotonic()))
+        runs = [f.result() for f in started]
+    return samples, runs
+
+
+def stop_simulators(client: Any, project: str, timeout_s: int) -> dict[str, int]:
+    """SIGTERM every simulator container (they end their sessions and drain their outboxes) and wait;
+    their exit codes by name (0: drained)."""
+    sims = containers(client, project, SERVICE)
+    with ThreadPoolExecutor(max_workers=max(1, len(sims)), thread_name_prefix="stop") as pool:
+        list(pool.map(lambda c: c.stop(timeout=timeout_s), sims))
+    codes = {}
+    for c in sims:
+        c.reload()
+        codes[c.name] = int(c.attrs.get("State", {}).get("ExitCode", -1))
+    return dict(sorted(codes.items()))
 
 
 def store_figures(database_url: str, prefix: str, since: datetime) -> StoreFigures:
@@ -255,9 +260,16 @@ def store_figures(database_url: str, prefix: str, since: datetime) -> StoreFigur
         seqs, dup_rows = stored_seqs(conn, prefix)
         lost = loss_by_device(expected_from_stored(seqs), seqs)
         latency = latency_since(conn, prefix, since)
+        row = conn.execute(
+            "select count(*), count(*) filter (where kind <> 'status') from uplink_log "
+            "where device_id like %s and stored_at >= %s",
+            (prefix + "-%", since),
+        ).fetchone()
     return StoreFigures(
         devices_seen=len(seqs),
         messages_stored=sum(len(s) for s in seqs.values()),
+        messages_in_run=int(row[0]) if row else 0,
+        data_messages_in_run=int(row[1]) if row else 0,
         loss=sum(lost.values()),
         lost_by_device=dict(sorted(lost.items())[:50]),
         duplicates_stored=dup_rows,
@@ -268,9 +280,19 @@ def store_figures(database_url: str, prefix: str, since: datetime) -> StoreFigur
 def compose_loadtest(
     replicas: Annotated[int, typer.Option(min=1, help="Simulator containers to run.")] = 2,
     devices: Annotated[int, typer.Option(min=1, help="Simulated devices across all replicas.")] = 200,
-    hold: Annotated[float, typer.Option(help="Seconds to watch the containers.")] = 60.0,
+    hold: Annotated[float, typer.Option(help="Seconds of load (the simulators run this long).")] = 60.0,
     interval: Annotated[float, typer.Option(help="Seconds between stats rounds.")] = 5.0,
-    settle: Annotated[float, typer.Option(help="Seconds for the cloud to commit before counting.")] = 15.0,
+    settle: Annotated[float, typer.Option(help="Seconds to wait after the simulators exited.")] = 2.0,
+    drain_timeout: Annotated[int, typer.Option(help="Seconds a simulator may take to drain on stop.")] = 90,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="ACTION:SERVICE[:N]@SECONDS (restart|stop|kill), repeatable: e.g. restart:broker@20."
+        ),
+    ] = None,
+    timing: Annotated[
+        list[str] | None, typer.Option(help="NAME=SECONDS to keep in the report (e.g. build=40), repeatable.")
+    ] = None,
     project: Annotated[str, typer.Option(help="Compose project name.")] = "microfleet",
     compose_file: Annotated[Path, typer.Option("--file", "-f")] = Path("docker-compose.yml"),
     compose: Annotated[str, typer.Option(help="The compose command.")] = "docker compose",
@@ -278,41 +300,52 @@ def compose_loadtest(
         str, typer.Option(envvar="MICROFLEET_DATABASE_URL")
     ] = "postgresql://postgres:microfleet@127.0.0.1:5432/microfleet",
     prefix: Annotated[str, typer.Option(help="Device id prefix of the simulated devices.")] = "sim",
-    scale_down: Annotated[bool, typer.Option(help="Stop the simulator replicas afterwards.")] = False,
     out: Annotated[Path, typer.Option(help="JSON report.")] = Path("compose-loadtest.json"),
 ) -> None:
-    """Scale the compose `simulator` service to REPLICAS, watch its containers' CPU and memory for HOLD s,
-    then report loss (seq gaps) and latency from the database; exit 1 on loss."""
+    """Run the compose `simulator` service as REPLICAS load containers for HOLD s with FAULTs, watch every
+    container's CPU and memory, stop the simulators (they drain), then report loss (seq gaps) and latency
+    from the database; exit 1 on loss, a device that stored nothing, an undrained outbox or a failed fault."""
     if not compose_file.exists():
         raise typer.BadParameter(f"{compose_file} not found: run from the repository root or pass --file")
+    faults = [parse_fault(f) for f in fault or ()]
+    timings = parse_timings(timing or ())
     client = _engine()
     since = datetime.now(UTC)
+    t_load = time.monotonic()
     scale(compose, project, compose_file, replicas, devices)
     try:
-        samples = watch(client, project, hold, interval)
+        samples, fault_runs = watch(client, project, hold, interval, faults)
+        console.print(
+            f"stopping the {SERVICE} containers (they drain their outboxes, up to {drain_timeout} s)"
+        )
+        exit_codes = stop_simulators(client, project, drain_timeout)
     finally:
-        if scale_down:
-            scale(compose, project, compose_file, 0, devices)
+        scale(compose, project, compose_file, 0, devices)
     time.sleep(settle)
+    timings["load"] = round(time.monotonic() - t_load, 1)
     try:
         store = store_figures(database_url, prefix, since)
     except psycopg.Error as exc:
         console.print(f"[red]cannot read the database ({exc}): check --database-url[/]")
         store = None
-    containers = summarize(samples)
-    console.print(summary_table(containers, store))
-    report = {
-        "replicas": replicas,
-        "devices": devices,
-        "containers": [asdict(c) for c in containers],
-        "store": asdict(store) if store else None,
-    }
-    out.write_text(json.dumps(report, indent=2))
+    report = Report(
+        replicas=replicas,
+        devices=devices,
+        hold_s=hold,
+        containers=summarize(samples),
+        simulator_exit_codes=exit_codes,
+        faults=fault_runs,
+        store=store,
+        timings_s=timings,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(asdict(report), indent=2))
+    print_report(console, report)
     console.print(f"report written to {out}")
     if store is None:
         raise typer.Exit(2)
-    if store.loss:
-        console.print(
-            f"[red]FAIL: {store.loss} messages lost (seq gaps); see store.lost_by_device in {out}[/]"
-        )
+    problems = report.problems()
+    for p in problems:
+        console.print(f"[red]FAIL: {p}[/]")
+    if problems:
         raise typer.Exit(1)
