@@ -9,6 +9,7 @@ import typer
 
 from cloud.alerts.cli import app as alerts_app
 from cloud.api.cli import app as api_app
+from cloud.audit.cli import app as audit_app
 from cloud.dashboards.cli import app as dashboards_app
 from cloud.db.cli import app as db_app
 from cloud.identity.cli import broker_app, devices_app, keys_app, pki_app
@@ -21,6 +22,7 @@ app = typer.Typer(no_args_is_help=True)
 app.add_typer(db_app, name="db", help="Database schema: migrate, status, maintain.")
 app.add_typer(alerts_app, name="alerts", help="Alerts: run the engine, list, ack, resolve, snooze.")
 app.add_typer(api_app, name="api", help="The HTTP API: serve, tokens.")
+app.add_typer(audit_app, name="audit")
 app.add_typer(dashboards_app, name="dashboards", help="Grafana dashboards as code: build, publish.")
 app.add_typer(devices_app, name="devices")
 app.add_typer(

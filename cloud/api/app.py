@@ -20,6 +20,7 @@ from cloud.alerts import api as alerts_api
 from cloud.alerts import params_api as alert_params_api
 from cloud.api.metrics import ApiMetrics, MetricsMiddleware
 from cloud.api.routers import credentials, devices, health, quarantine, sessions, tags, tokens, usage
+from cloud.audit import api as audit_api
 from cloud.config import CloudConfig
 from cloud.db.migrate import read_files
 from cloud.db.pool import describe
@@ -94,6 +95,7 @@ def create_app(
         tokens,
         alerts_api,
         alert_params_api,
+        audit_api,
         protocols_api,
         ota_api,
         ota_server,
