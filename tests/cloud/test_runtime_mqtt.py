@@ -13,13 +13,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud.identity import provision
 from cloud.identity.dynsec import DynsecClient
-from cloud.runtime.consumer import AckToken, Consumer
+from cloud.runtime.consumer import AckToken, Consumer, parse_plain_publish
 from cloud.runtime.mqtt import Backoff, redact
 from cloud.runtime.publisher import Outgoing, Publisher
 from contract import topics
@@ -177,6 +179,129 @@ def test_a_member_that_stops_without_leaving_strands_its_turns(
         assert len(b.payloads()) < len(after)
     finally:
         b.consumer.stop()
+
+
+def test_acks_sent_in_one_write_reach_the_broker_and_nothing_is_redelivered(
+    broker: Mosquitto, publisher: Publisher
+) -> None:
+    """Consumer.ack sends a batch's PUBACKs in one write: the broker must take every one of them. With a
+    Receive Maximum of 10 the flow stops unless acks arrive, and the session resumed after a stop (which
+    keeps it) holds nothing: a PUBACK lost or garbled would come back as a redelivery."""
+    held: list[AckToken] = []
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def on_message(_t: str, payload: bytes, token: AckToken) -> None:
+        with lock:
+            got.append(payload.decode())
+            held.append(token)
+
+    def member() -> Consumer:
+        c = Consumer(
+            mqtt_url=broker.url,
+            client_id="rt-batch",
+            filters=[topics.shared("gb", "rt/#")],
+            on_message=on_message,
+            receive_maximum=10,
+        )
+        c.start()
+        assert c.subscribed_event.wait(10)
+        return c
+
+    sent = [f"b{i}" for i in range(200)]
+    c = member()
+    try:
+        outcomes = publisher.publish_many([Outgoing(f"rt/{i}", p.encode()) for i, p in enumerate(sent)], 10)
+        assert all(o.matched for o in outcomes)
+        deadline, acks = time.monotonic() + 15, 0
+        while len(got) < len(sent) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            with lock:
+                tokens, held[:] = list(held), []
+            acks += c.ack(tokens)
+        with lock:
+            tokens, held[:] = list(held), []
+        acks += c.ack(tokens)
+        assert sorted(got) == sorted(sent) and acks == len(sent)
+        connects = c.connects
+        time.sleep(0.3)  # a garbled write would make the broker drop the connection
+        assert c.connects == connects and c.mqtt.connected.is_set()
+    finally:
+        c.stop()
+    c = member()
+    try:
+        assert c.mqtt.session_present
+        time.sleep(0.5)
+        assert len(got) == len(sent) and c.redeliveries == 0, "an acked message came again"
+    finally:
+        c.stop()
+
+
+@given(
+    topic=st.text(min_size=1, max_size=40),
+    payload=st.binary(max_size=64),
+    mid=st.integers(1, 65535),
+    dup=st.booleans(),
+    v5=st.booleans(),
+)
+def test_the_lean_publish_reader_reads_what_paho_reads(
+    topic: str, payload: bytes, mid: int, dup: bool, v5: bool
+) -> None:
+    """parse_plain_publish against paho's own decoder, on packets paho's encoder would send."""
+    from paho.mqtt import _packet
+
+    raw = topic.encode("utf-8")
+    header = 0x30 | (0x08 if dup else 0) | (1 << 1)
+    body = len(raw).to_bytes(2, "big") + raw + mid.to_bytes(2, "big") + (b"\x00" if v5 else b"") + payload
+    got = parse_plain_publish(header, bytearray(body), v5)
+    paho = _packet.decode_publish(header, bytearray(body), mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
+    assert got == (paho.topic.decode("utf-8"), paho.mid, bytes(paho.payload), bool(paho.dup))
+    # what it leaves to paho: QoS 0 and 2, properties, a topic that is not UTF-8, a cut packet
+    assert parse_plain_publish(0x30, bytearray(body), v5) is None
+    assert parse_plain_publish(0x34, bytearray(body), v5) is None
+    if v5:
+        with_props = len(raw).to_bytes(2, "big") + raw + mid.to_bytes(2, "big") + b"\x02\x01\x01" + payload
+        assert parse_plain_publish(header, bytearray(with_props), v5) is None
+    bad = b"\x00\x02\xff\xfe" + mid.to_bytes(2, "big") + b"\x00" + payload
+    assert parse_plain_publish(header, bytearray(bad), v5) is None
+    assert parse_plain_publish(header, bytearray(body[: 2 + len(raw) + 1]), v5) is None
+
+
+def test_messages_with_properties_still_arrive_through_paho(broker: Mosquitto) -> None:
+    """A publish with MQTT 5 properties is read by paho's handler; one without by the lean reader: the
+    consumer hands over the same topic and payload either way."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    got: list[tuple[str, bytes]] = []
+    c = Consumer(
+        mqtt_url=broker.url,
+        client_id="rt-props",
+        filters=[topics.shared("gp", "rt/#")],
+        on_message=lambda t, p, tok: (got.append((t, p)), c.ack([tok])),
+    )
+    c.start()
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="rt-props-pub", protocol=mqtt.MQTTv5)
+    try:
+        assert c.subscribed_event.wait(10)
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.UserProperty = ("k", "v")
+        props.MessageExpiryInterval = 60
+        infos = [
+            pub.publish("rt/plain", b"p1", qos=1),
+            pub.publish("rt/props", b"p2", qos=1, properties=props),
+        ]
+        for info in infos:
+            info.wait_for_publish(10)
+        wait(lambda: len(got) == 2, 10, "both messages")
+        assert sorted(got) == [("rt/plain", b"p1"), ("rt/props", b"p2")]
+        assert c.parsed_by_paho == 1, "the plain message was not read by the lean reader"
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        c.stop()
 
 
 CHILD = """
