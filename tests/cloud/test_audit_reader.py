@@ -71,7 +71,7 @@ def trail(api: ApiServer, dsn: str, keys: dict[Role, str]) -> None:
     with api.client(keys[Role.OPERATOR]) as op:
         weaken = {
             "overrides": {"t7": {"enabled": False}},
-            "reason": "sensor recalibration, ticket 42",
+            "reason": "sensor recalibration [/ticket 42]",
             "confirm_weaken_critical": True,
         }
         r = op.put("/devices/aud-ovr/alert-overrides", json=weaken)
@@ -107,7 +107,7 @@ def test_admins_read_every_kind_newest_first_and_the_rows_hold_no_health_data(
         ("health-reads", "aud-read", "dr-audit", ""),
         ("gates", "aud-gate", "test-admin", "dermatologist approved in writing"),
         ("overrides", "aud-ovr", "test-operator", ""),
-        ("overrides", "aud-ovr", "test-operator", "sensor recalibration, ticket 42"),
+        ("overrides", "aud-ovr", "test-operator", "sensor recalibration [/ticket 42]"),
     ]
     read, gate, cleared, weakened = (e["detail"] for e in got)
     assert read["route"] == "GET /devices/{device_id}/profile" and isinstance(read["token_id"], int)
@@ -190,7 +190,7 @@ def test_cli_lists_the_same_rows_as_the_api(
     assert table.exit_code == 0, table.output
     assert "audit (overrides): 2 row(s), newest first" in table.stdout
     assert "set t7.enabled=False; WEAKENED t7.enabled True -> False (confirmed)" in table.stdout
-    assert "sensor recalibration, ticket 42" in table.stdout and "cleared" in table.stdout
+    assert "sensor recalibration [/ticket 42]" in table.stdout and "cleared" in table.stdout
     newest = cli(dsn, "--kind", "gates", "--kind", "health-reads", "--limit", "1")
     assert newest.exit_code == 0, newest.output
     assert "1 row(s), newest first (the limit: there may be more" in newest.stdout
