@@ -43,7 +43,8 @@ def run(
     metrics_port: MetricsPort = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run one alert engine in the `alerts` shared-subscription group until SIGTERM/SIGINT.
+    """Run one alert engine in the `alerts` shared-subscription group until SIGTERM/SIGINT (with
+    MICROFLEET_NATS_URL: on the `alerts` JetStream durable of the NATS tier, see `microfleet nats setup`).
 
     Logs: MICROFLEET_LOG_LEVEL, MICROFLEET_LOG_FORMAT=json for one JSON object per line."""
     from cloud.alerts.service import AlertService

@@ -26,6 +26,10 @@ class AlertConfig:
     database_url: str
     mqtt_url: str
     mqtt_ca_file: str | None = None
+    # the NATS tier (MICROFLEET_NATS_URL): uplinks from the JetStream durable named by `group`, and
+    # downlinks through the MQTT gateway at mqtt_version 3.1.1 (cloud.ingest.source)
+    nats_url: str = ""
+    mqtt_version: str = "5"
     group: str = "alerts"
     consumer_id: str = "alerts-1"
     receive_maximum: int = 2000
@@ -60,6 +64,8 @@ class AlertConfig:
                 "database_url": cloud.database_url,
                 "mqtt_url": cloud.mqtt_url,
                 "mqtt_ca_file": cloud.mqtt_ca_file,
+                "nats_url": cloud.nats_url,
+                "mqtt_version": cloud.mqtt_version,
                 "session_expiry_s": cloud.session_expiry_s,
                 "group": e.get(p + "GROUP", "alerts"),
                 "consumer_id": e.get(p + "CONSUMER_ID", "alerts-1"),

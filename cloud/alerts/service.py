@@ -1,7 +1,9 @@
 """Composition root of one alert engine process (`microfleet alerts run`).
 
 Threads, each started and joined here (cloud.runtime.threads: one that dies takes the process down):
-paho's network threads (the `alerts` shared-subscription Consumer, the downlink Publisher), the engine thread (batches -> one transaction each -> acks after COMMIT), the delivery worker
+paho's network threads (the `alerts` shared-subscription Consumer, or on the NATS tier the JetStream
+source's thread on the `alerts` durable: cloud.ingest.source chooses by MICROFLEET_NATS_URL; the downlink
+Publisher), the engine thread (batches -> one transaction each -> acks after COMMIT), the delivery worker
 (notices and gates), the webhook worker (when a URL is set), the profile poller (safety gate) and the
 timer (snoozes that expire, orphaned session state, the sweep of sliding rules as days pass). The
 in-memory backlog is bounded by the consumer's Receive Maximum: the broker sends no more until we ack.
@@ -28,9 +30,11 @@ from cloud.alerts.lifecycle import wake_snoozed
 from cloud.alerts.metrics import AlertMetrics, Live
 from cloud.alerts.sweep import sweep as sweep_rules
 from cloud.alerts.webhook import WebhookWorker
-from cloud.ingest.consumer import AckToken, Consumer
+from cloud.ingest.consumer import AckToken
+from cloud.ingest.source import Source, UplinkSourceSpec, uplink_source, wanted
 from cloud.runtime.db import Database
 from cloud.runtime.metrics import MetricsServer, database_check
+from cloud.runtime.mqtt import check_version
 from cloud.runtime.threads import Threads
 from contract.topics import Uplink
 
@@ -109,20 +113,29 @@ class AlertService:
         self.cfg, self.clock = cfg, clock
         self.engine = Engine(cfg)
         self.inbox = Inbox()
-        self.consumer = Consumer(
+        spec = UplinkSourceSpec(
             mqtt_url=cfg.mqtt_url,
-            client_id=cfg.consumer_id,
+            nats_url=cfg.nats_url,
             group=cfg.group,
-            on_message=self.inbox.offer,
+            consumer_id=cfg.consumer_id,
             receive_maximum=cfg.receive_maximum,
             session_expiry_s=cfg.session_expiry_s,
-            kinds=EVALUATED,
             ca_file=cfg.mqtt_ca_file,
+            kinds=EVALUATED,
         )
+        # on MQTT the broker sends only EVALUATED kinds; a JetStream durable sends every uplink: the rest
+        # is acknowledged on arrival (nothing of it is committed) and never decoded
+        self.skipped = 0
+        self._evaluated = wanted(EVALUATED)
+        self.consumer: Source = uplink_source(spec, self._offer if spec.on_nats else self.inbox.offer)
         # the one owner of the engine's connections: engine, timer, delivery, gate poller and webhook
         self.db = Database(cfg.database_url, name=cfg.consumer_id, max_size=6)
         self.publisher = Publisher(
-            cfg.mqtt_url, f"{cfg.consumer_id}-down", ca_file=cfg.mqtt_ca_file, inflight=BATCH
+            cfg.mqtt_url,
+            f"{cfg.consumer_id}-down",
+            ca_file=cfg.mqtt_ca_file,
+            inflight=BATCH,
+            version=check_version(cfg.mqtt_version),
         )
         self.delivery = DeliveryWorker(cfg, self.publisher, clock, self.db)
         # retained gates the broker may have lost in a crash are sent again on every (re)connect
@@ -148,6 +161,13 @@ class AlertService:
                 "database": database_check(self.db.connection),
             },
         )
+
+    def _offer(self, topic: str, payload: bytes, token: AckToken) -> None:
+        if self._evaluated(topic):
+            self.inbox.offer(topic, payload, token)
+        else:
+            self.skipped += 1
+            self.consumer.ack((token,))
 
     def _live_figures(self) -> Live:
         d = self.delivery

@@ -26,16 +26,16 @@ from collections import Counter as Tally
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
 
 from cloud.config import CloudConfig
 from cloud.ingest import marks
 from cloud.ingest.batcher import DEFAULT_LATE_HORIZON, Batcher
-from cloud.ingest.consumer import Consumer
 from cloud.ingest.handoff import Handoff, utc_now
 from cloud.ingest.metrics import IngestMetrics, newest_ts
+from cloud.ingest.source import Source, UplinkSourceSpec, uplink_source
 from cloud.ingest.writer import BatchWriter, Strategy, WriteResult
 from cloud.runtime.db import Database
 from cloud.runtime.metrics import MetricsServer, database_check
@@ -170,52 +170,19 @@ class MarkSender:
                 log.warning("commit marks not sent (%s); retried in %.1f s", exc, interval_s)
 
 
-class Source(Protocol):
-    """Where uplinks come from: the MQTT shared subscription (cloud.ingest.consumer) or a JetStream
-    durable (cloud.runtime.jetstream). It calls on_message(topic, payload, token) for each message;
-    `ack(tokens)` after the batch committed."""
-
-    connected_event: threading.Event
-    subscription: str
-
-    @property
-    def redacted_url(self) -> str: ...
-
-    @property
-    def connects(self) -> int: ...
-
-    @property
-    def redeliveries(self) -> int: ...
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def leave(self, *, timeout_s: float = ...) -> bool: ...
-
-    def ack(self, tokens: Any) -> int: ...
-
-
-def uplink_source(config: CloudConfig, on_message: Any) -> Source:
-    """The JetStream durable `ingest_group` when nats_url is set, else the MQTT shared subscription."""
-    if config.nats_url:
-        from cloud.runtime.jetstream import JetStreamSource
-
-        return JetStreamSource(
-            urls=config.nats_url,
-            durable=config.ingest_group,
-            name=config.consumer_id,
-            on_message=on_message,
-            max_outstanding=config.receive_maximum,
-        )
-    return Consumer(
-        mqtt_url=config.mqtt_url,
-        client_id=config.consumer_id,
-        group=config.ingest_group,
-        on_message=on_message,
-        receive_maximum=config.receive_maximum,
-        session_expiry_s=config.session_expiry_s,
-        ca_file=config.mqtt_ca_file,
+def uplink_source_of(config: CloudConfig, on_message: Any) -> Source:
+    """The ingest group's source (cloud.ingest.source: the JetStream durable when nats_url is set)."""
+    return uplink_source(
+        UplinkSourceSpec(
+            mqtt_url=config.mqtt_url,
+            nats_url=config.nats_url,
+            group=config.ingest_group,
+            consumer_id=config.consumer_id,
+            receive_maximum=config.receive_maximum,
+            session_expiry_s=config.session_expiry_s,
+            ca_file=config.mqtt_ca_file,
+        ),
+        on_message,
     )
 
 
@@ -237,7 +204,7 @@ class IngestService:
         self.stats = Stats()
         self.horizon = late_horizon if late_horizon is not None else late_horizon_of(config.database_url)
         self.handoff: Handoff[Any] = Handoff(self._new_batcher())
-        self.consumer = uplink_source(config, self.handoff.offer)
+        self.consumer = uplink_source_of(config, self.handoff.offer)
         self.db = Database(config.database_url, name=config.consumer_id, max_size=2)
         self.publisher = Publisher(
             config.mqtt_url,

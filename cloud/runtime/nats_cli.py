@@ -4,8 +4,11 @@
 the MQTT gateway and dropped (docs/decisions/nats-tier.md, decision 3). So a deployment runs this once
 (like broker-setup on mosquitto), after the cluster is up and before the devices: it makes the gateway
 create its streams (one MQTT 3.1.1 connect, clean session, if `$MQTT_msgs` does not exist yet) and creates
-each durable (R3 like the stream, explicit ack, `max_ack_pending`, `ack_wait`). Idempotent; `--update`
-applies new limits to durables that exist. Scaling ingest in or out never deletes a durable.
+each durable (R3 like the stream, explicit ack, `max_ack_pending`, `ack_wait`): by default `ingest`
+and `alerts`. A durable keeps what its service has not acknowledged (the stream retains a message until
+every durable whose filter covers it acknowledged it): create only the durables of services you run.
+Idempotent; `--update` applies new limits to durables that exist. Scaling a service in or out never
+deletes a durable.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from cloud.runtime.jetstream import (
 app = typer.Typer(no_args_is_help=True, help="The NATS JetStream tier: set up its durables.")
 
 SETUP_TIMEOUT_S = 60.0
+# ingest's and the alert engine's (MICROFLEET_INGEST_GROUP, MICROFLEET_ALERT_GROUP): each service reads
+# every uplink from its own durable; the processes of one service share theirs
+DEFAULT_DURABLES = ("ingest", "alerts")
 
 
 def make_streams(mqtt_url: str, timeout_s: float) -> None:
@@ -97,7 +103,11 @@ def setup_command(
         typer.Option(envvar="MICROFLEET_MQTT_URL", help="The MQTT gateway (to make its streams exist)."),
     ] = None,
     durable: Annotated[
-        list[str] | None, typer.Option(help="Durable to create (repeat). Default: ingest.")
+        list[str] | None,
+        typer.Option(
+            help="Durable to create (repeat). Default: ingest and alerts. Create only those a service "
+            "reads: `$MQTT_msgs` keeps each message until every durable acknowledged it."
+        ),
     ] = None,
     max_ack_pending: Annotated[
         int, typer.Option(min=1, help="Unacknowledged messages per durable, all processes together.")
@@ -115,7 +125,7 @@ def setup_command(
         raise typer.BadParameter(str(exc)) from None
     specs = [
         DurableSpec(name=name, max_ack_pending=max_ack_pending, ack_wait_s=ack_wait_s)
-        for name in (durable or ["ingest"])
+        for name in (durable or list(DEFAULT_DURABLES))
     ]
     try:
         outcomes: dict[str, Any] = asyncio.run(
