@@ -131,8 +131,8 @@ def test_every_compose_command_exists_in_the_cli() -> None:
     context_type = type(typer.main.get_command(app).make_context("microfleet", [], resilient_parsing=True))
     invocations: list[tuple[str, list[str]]] = []
     for name, service in compose()["services"].items():
-        if "command" not in service:
-            continue
+        if "command" not in service or not str(service.get("image", "")).startswith("microfleet-"):
+            continue  # only our images run `microfleet` (the NATS nodes' command is nats-server's)
         if service.get("entrypoint", [None])[0] == "/bin/sh":  # a shell line of `microfleet ...` && ...
             for part in " ".join(service["command"]).split("&&"):
                 words = part.split()
