@@ -51,12 +51,11 @@ def list_cmd(
     """Audit rows, newest first: who changed a device's alert overrides (and which critical limits the
     change weakened), who pushed a protocol past a blocked safety gate and why, and which token read a
     device's health data by which route. The rows only: no health data is read to show them."""
-    from rich.console import Console
     from rich.table import Table
-    from rich.text import Text
 
     from cloud.audit.queries import Selection, list_entries, summary
     from cloud.config import CloudConfig
+    from cloud.console import print_table
     from cloud.db.pool import DatabaseUnreachable, connect
 
     now = datetime.now(UTC)
@@ -75,7 +74,13 @@ def list_cmd(
     table = Table(title=f"audit ({kinds}): {len(found)} row(s), newest first{more}")
     for col in ("at (UTC)", "kind", "device", "by", "reason", "what"):
         table.add_column(col, overflow="fold")
-    for e in found:  # Text: a reason or name is shown as written, never read as rich markup
-        cells = (e.kind.value, e.device_id, e.by, e.reason or "-", summary(e))
-        table.add_row(f"{e.at.astimezone(UTC):%Y-%m-%d %H:%M:%S}", *(Text(c) for c in cells))
-    Console().print(table)
+    for e in found:  # a reason or name is shown as written (print_table: never read as rich markup)
+        table.add_row(
+            f"{e.at.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+            e.kind.value,
+            e.device_id,
+            e.by,
+            e.reason or "-",
+            summary(e),
+        )
+    print_table(table)

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from cloud.config import CloudConfig
+from cloud.console import print_table
 
 if TYPE_CHECKING:
     from cloud.identity.dynsec import DynsecClient
@@ -245,7 +246,7 @@ def list_devices(
             r["device_id"], r["model"] or "-", r["hw_rev"] or "-", r["fw_version"] or "-", proto,
             r["state"] or "-", seen, battery, ",".join(r["tags"]),
         )  # fmt: skip
-    Console().print(table)
+    print_table(table)
 
 
 @devices_app.command("tag")

@@ -56,9 +56,9 @@ def list_cmd(
 ) -> None:
     """List quarantined messages, newest first, with why they were refused and any replay result."""
     import psycopg
-    from rich.console import Console
     from rich.table import Table
 
+    from cloud.console import print_table
     from cloud.ingest.quarantine import Selection, count, list_rows
 
     sel = Selection(reason, device, None if since is None else parse_since(since, datetime.now(UTC)))
@@ -79,7 +79,7 @@ def list_cmd(
             str(r.id), f"{r.received_at:%Y-%m-%d %H:%M:%S}", r.reason, device_id, kind, str(r.size),
             r.detail[:160], replay,
         )  # fmt: skip
-    Console().print(table)
+    print_table(table)
 
 
 @app.command("replay")

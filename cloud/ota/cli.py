@@ -142,8 +142,9 @@ def release_list(as_json: Json = False) -> None:
     if as_json:
         typer.echo(_dumps(rows))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from cloud.console import print_table
 
     table = Table(title=f"{len(rows)} firmware release(s)")
     for col in ("id", "version", "code", "models", "hw revs", "min battery", "size", "sha256"):
@@ -154,7 +155,7 @@ def release_list(as_json: Json = False) -> None:
             ",".join(r.get("hw_revs") or []) or "all", f"{r['min_battery_pct']:g}%", f"{r['size']:,}",
             r["sha256"][:16],
         )  # fmt: skip
-    Console().print(table)
+    print_table(table)
 
 
 @rollout_app.command("list")
@@ -174,8 +175,9 @@ def rollout_list(
     if as_json:
         typer.echo(_dumps(rows))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from cloud.console import print_table
 
     table = Table(title=f"{len(rows)} rollout(s)")
     for col in ("id", "version", "status", "wave", "devices", "succeeded", "failed", "pending", "created"):
@@ -185,7 +187,7 @@ def rollout_list(
             str(r["rollout_id"]), r["version"], r["status"], str(r["wave"]), str(r["devices"]),
             str(r["succeeded"]), str(r["failed"]), str(r["pending"]), f"{r['created_at']:%Y-%m-%d %H:%M}",
         )  # fmt: skip
-    Console().print(table)
+    print_table(table)
 
 
 @rollout_app.command("create")
