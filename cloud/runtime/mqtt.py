@@ -11,6 +11,11 @@ connect), `clean_start` becomes clean_session, and a PUBACK carries no reason co
     conn.on_up.append(lambda session_present: ...)      # run on EVERY connect (paho's network thread)
     conn.start(); conn.wait_connected(10); ...; conn.stop()
 
+Several brokers (the nodes of a cluster: `mqtt://h1:1883,mqtt://h2:1883`, as MICROFLEET_MQTT_URL): the
+client connects to the first and, after every connection that ended or failed, moves to the next (round
+robin, after the backoff), so the commit marks and downlinks keep flowing when the node behind it dies.
+Every URL shares one scheme and one set of credentials (the cluster's user): ValueError otherwise.
+
 The consumer (cloud.runtime.consumer) and the publisher (cloud.runtime.publisher) are built on it.
 """
 
@@ -31,9 +36,30 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud.runtime.threads import guarded
-from contract.mqtturl import parse_mqtt_url
+from contract.mqtturl import MqttAddress, parse_mqtt_url
 
 log = logging.getLogger(__name__)
+
+
+def split_mqtt_urls(urls: str) -> list[MqttAddress]:
+    """`mqtt://h1:1883,mqtt://h2:1883` -> their addresses, in order. ValueError if there is none, or if
+    they differ in TLS or credentials (one client has one identity)."""
+    addresses = [parse_mqtt_url(u.strip()) for u in urls.split(",") if u.strip()]
+    if not addresses:
+        raise ValueError("no MQTT URL: use mqtt://host:port[,mqtt://host:port...]")
+    first = addresses[0]
+    for a in addresses[1:]:
+        if (a.tls, a.username, a.password) != (first.tls, first.username, first.password):
+            raise ValueError(
+                f"the MQTT URLs {redact_all(urls)!r} differ in scheme or credentials: give every node "
+                "the same mqtt:// or mqtts:// and the same user"
+            )
+    return addresses
+
+
+def redact_all(urls: str) -> str:
+    """Each comma-separated URL redacted (`redact`)."""
+    return ",".join(redact(u.strip()) for u in urls.split(",") if u.strip())
 
 
 def redact(url: str) -> str:
@@ -119,10 +145,13 @@ class MqttClient:
         backoff: Backoff | None = None,
         version: MqttVersion = "5",
     ) -> None:
-        self.address = parse_mqtt_url(url)
+        self.addresses = split_mqtt_urls(url)
+        self._index = 0
+        self.address = self.addresses[0]  # the broker connected to, or tried next
         self.version = check_version(version)
         v5 = self.version == "5"
-        self.redacted = redact(url)
+        self.redacted = redact_all(url)
+        self.failovers = 0  # moves to the next broker of the list
         self.client_id = client_id
         self.state = State.IDLE
         self.connected = threading.Event()
@@ -166,9 +195,14 @@ class MqttClient:
     def start(self) -> None:
         """Connect in the background (retried with backoff until stop) and start paho's network thread."""
         self.state = State.CONNECTING
+        self._connect_async(self.client)
+        self.client.loop_start()
+
+    def _connect_async(self, c: mqtt.Client) -> None:
+        """Point paho at self.address (its loop connects, and reconnects after the backoff)."""
         if self.version == "5":
             clean: Any = self._clean_start
-            self.client.connect_async(
+            c.connect_async(
                 self.address.host,
                 self.address.port,
                 keepalive=self._keepalive_s,
@@ -176,8 +210,18 @@ class MqttClient:
                 properties=self._connect_props,
             )
         else:  # clean_session was given to the client; 3.1.1 has no clean_start and no properties
-            self.client.connect_async(self.address.host, self.address.port, keepalive=self._keepalive_s)
-        self.client.loop_start()
+            c.connect_async(self.address.host, self.address.port, keepalive=self._keepalive_s)
+
+    def _next_broker(self, c: mqtt.Client) -> None:
+        """After a connection ended or failed: the next broker of the list (paho's loop reconnects to
+        it after the backoff). paho's connect_async only records the address when called from its own
+        callbacks (the socket is already closed there)."""
+        if len(self.addresses) < 2:
+            return
+        self._index = (self._index + 1) % len(self.addresses)
+        self.address = self.addresses[self._index]
+        self.failovers += 1
+        self._connect_async(c)
 
     def wait_connected(self, timeout_s: float) -> bool:
         return self.connected.wait(timeout_s)
@@ -210,7 +254,13 @@ class MqttClient:
         self.connects += 1
         self.refusal = ""
         session_present = self.session_present = bool(flags.session_present)
-        log.info("%s connected to %s (session present: %s)", self.client_id, self.redacted, session_present)
+        log.info(
+            "%s connected to %s:%d (session present: %s)",
+            self.client_id,
+            self.address.host,
+            self.address.port,
+            session_present,
+        )
         for up in list(self.on_up):
             up(session_present)
         self.connected.set()
@@ -224,12 +274,24 @@ class MqttClient:
             return
         self.state = State.DISCONNECTED
         self._set_delay(client)
+        lost = self.address
+        self._next_broker(client)
         if was:
-            log.warning("%s disconnected from %s (%s); reconnecting", self.client_id, self.redacted, rc)
+            log.warning(
+                "%s disconnected from %s:%d (%s); reconnecting to %s:%d",
+                self.client_id,
+                lost.host,
+                lost.port,
+                rc,
+                self.address.host,
+                self.address.port,
+            )
 
     def _handle_connect_fail(self, client: mqtt.Client, _u: Any) -> None:
         if self.state is not State.STOPPED:
             self.state = State.DISCONNECTED
             self.refusal = "unreachable"
             self._set_delay(client)
-            log.debug("%s: %s unreachable; retrying", self.client_id, self.redacted)
+            lost = self.address
+            self._next_broker(client)
+            log.debug("%s: %s:%d unreachable; retrying", self.client_id, lost.host, lost.port)

@@ -272,3 +272,22 @@ async def test_sigkill_an_ingest_process_its_held_messages_come_back(tier: Tier)
         tier.ingest.start(1)  # ... and JetStream hands it out again after ack_wait (5 s here)
 
     await run_with_fault(tier, kill_ingest, homes=[0, 1, 2, 0])
+
+
+async def test_sigkill_the_node_behind_the_marks_publisher(tier: Tier) -> None:
+    """Ingest's commit marks go out through the gateways of MICROFLEET_MQTT_URL, the victim first: when
+    it dies the publisher moves to the next node (cloud.runtime.mqtt) and the marks keep flowing."""
+    await asyncio.to_thread(tier.setup_durable)
+    victim = 1
+    tier.ingest.mqtt_url = gateway_urls(tier.cluster, victim)
+
+    async def kill_marks_node(_fleet: Fleet) -> None:
+        await asyncio.to_thread(tier.cluster.kill, victim)
+
+    # the agents sit on the other nodes: the publisher's loss is the fault (and nothing restarts the node)
+    await run_with_fault(tier, kill_marks_node, homes=[0, 2, 0, 2])
+    moved = f"reconnecting to 127.0.0.1:{tier.cluster.mqtt_port((victim + 1) % 3)}"
+    for i in (1, 2):
+        log = (tier.tmp_path / f"ingest-{i}.log").read_text()
+        assert f"ingest-{i}-marks disconnected from 127.0.0.1:{tier.cluster.mqtt_port(victim)}" in log
+        assert moved in log, log[-3000:]
