@@ -103,6 +103,17 @@ def sim(
             "scenario's `trusted_keys`. Without one, signed protocols and firmware are rejected.",
         ),
     ] = None,
+    mqtt_version: Annotated[
+        str,
+        typer.Option(
+            envvar="MICROFLEET_EDGE_MQTT_VERSION",
+            help="5, or 3.1.1 for the NATS tier's MQTT gateway (docs/decisions/nats-tier.md).",
+        ),
+    ] = "5",
+    id_prefix: Annotated[
+        str | None,
+        typer.Option(help="Device ids <prefix>-00001...: override the scenario's (two fleets side by side)."),
+    ] = None,
     load: Annotated[
         bool,
         typer.Option(
@@ -121,6 +132,7 @@ def sim(
                 **({"devices": devices} if devices else {}),
                 **({"days": days} if days is not None else {}),
                 **({"speed": speed} if speed is not None else {}),
+                **({"id_prefix": id_prefix} if id_prefix else {}),
             }
         )
         if load:
@@ -133,8 +145,15 @@ def sim(
         console.print(f"[yellow]open-files limit {soft} is below {len(part)} devices: raise `ulimit -n`[/]")
     if ack not in ("committed", "broker"):
         raise typer.BadParameter(f"--ack must be committed or broker, got {ack!r}")
+    if mqtt_version not in ("5", "3.1.1"):
+        raise typer.BadParameter(f"--mqtt-version must be 5 or 3.1.1, got {mqtt_version!r}")
     config = FleetConfig(
-        sc, mqtt_url, data_dir, device_range=part, extra={"ack_mode": ack}, trusted_keys_file=trusted_keys
+        sc,
+        mqtt_url,
+        data_dir,
+        device_range=part,
+        extra={"ack_mode": ack, "mqtt_version": mqtt_version},
+        trusted_keys_file=trusted_keys,
     )
     if config.trusted_keys is None:
         console.print("[yellow]no trusted keys: the agents reject every signed protocol and firmware[/]")

@@ -19,6 +19,7 @@ from tests.support.nats import nats_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES = ("nats-1", "nats-2", "nats-3")
+CLUSTER_SERVICES = ("nats-setup", "ingest-cluster", "alerts-cluster", "simulator-cluster")
 
 
 def compose() -> dict[str, Any]:
@@ -29,7 +30,7 @@ def compose() -> dict[str, Any]:
 def test_cluster_profile_has_three_nodes_and_their_users() -> None:
     services = compose()["services"]
     cluster = {name for name, svc in services.items() if "cluster" in (svc.get("profiles") or [])}
-    assert cluster == {"nats-auth", *NODES}
+    assert cluster == {"nats-auth", *NODES, *CLUSTER_SERVICES}
     for name in NODES:
         node = services[name]
         assert node["image"].endswith("nats:2.10}")  # overridable, the official image by default
@@ -53,7 +54,7 @@ def test_compose_resolves_the_cluster_profile() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert set(NODES) | {"nats-auth", "broker"} <= set(out.stdout.split())
+    assert set(NODES) | set(CLUSTER_SERVICES) | {"nats-auth", "broker"} <= set(out.stdout.split())
 
 
 @pytest.mark.skipif(nats_server_binary() is None, reason="nats-server is not installed")
@@ -73,3 +74,40 @@ def test_node_config_with_rendered_users_is_valid(tmp_path: Path) -> None:
     (tmp_path / "auth" / "auth.conf").unlink()  # the include is required: a node without users refuses
     missing = subprocess.run([binary, "-t", "-c", str(conf)], capture_output=True, text=True, env=env)
     assert missing.returncode != 0
+
+
+def test_cluster_services_point_at_the_tier() -> None:
+    """nats setup (the durables before any device), ingest and alerts on their durables with every node
+    in their URLs (nats-py and the MQTT client move to the next), devices over MQTT 3.1.1 via every
+    gateway; each service as its own NATS user."""
+    services = compose()["services"]
+
+    def urls(value: str, scheme: str, user: str, port: int) -> None:
+        got = value.split(",")
+        assert [u.split("@")[1] for u in got] == [f"{n}:{port}" for n in NODES]
+        assert all(u.startswith(f"{scheme}://{user}:") for u in got), value
+
+    setup = services["nats-setup"]
+    assert setup["command"] == ["nats", "setup"]
+    assert setup["restart"] == "on-failure"  # retried until the nodes answer
+    urls(setup["environment"]["MICROFLEET_NATS_URL"], "nats", "nats-admin", 4222)
+    urls(setup["environment"]["MICROFLEET_MQTT_URL"], "mqtt", "svc-ingest", 1883)
+    assert set(setup["depends_on"]) == set(NODES)
+    for name, command, user in (
+        ("ingest-cluster", ["ingest"], "svc-ingest"),
+        ("alerts-cluster", ["alerts", "run"], "svc-alerts"),
+    ):
+        svc, env = services[name], services[name]["environment"]
+        assert svc["command"] == command
+        urls(env["MICROFLEET_NATS_URL"], "nats", user, 4222)
+        urls(env["MICROFLEET_MQTT_URL"], "mqtt", user, 1883)
+        assert env["MICROFLEET_MQTT_VERSION"] == "3.1.1"
+        assert svc["depends_on"]["nats-setup"] == {"condition": "service_completed_successfully"}
+        assert svc["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    assert services["ingest-cluster"]["environment"]["MICROFLEET_INGEST_GROUP"] == "ingest"
+    assert services["alerts-cluster"]["environment"]["MICROFLEET_ALERT_GROUP"] == "alerts"
+    sim = services["simulator-cluster"]
+    urls(sim["environment"]["MICROFLEET_MQTT_URL"], "mqtt", "svc-simulator", 1883)
+    assert sim["environment"]["MICROFLEET_EDGE_MQTT_VERSION"] == "3.1.1"
+    assert "--id-prefix" in sim["command"]  # never the single-box simulator's device ids
+    assert sim["depends_on"] == {"ingest-cluster": {"condition": "service_healthy"}}
