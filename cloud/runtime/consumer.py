@@ -82,6 +82,85 @@ def parse_plain_publish(
     return topic, mid, bytes(memoryview(data)[pos:]), bool(header & 0x08)
 
 
+class BufferedReads:
+    """paho reads each packet with a select() and 3 or more recv() calls (the type byte, each byte of the
+    remaining length, the body), then parses it in Python. Installed on a consumer's client, paho's reads
+    are served from a buffer filled by one recv() of up to CHUNK bytes; `loop_read` goes on while that
+    buffer holds bytes (the socket would not wake select() for them), and hands every whole packet at
+    the head of the buffer to `on_packet(first byte, variable part)` first, while paho is between packets:
+    a packet it takes (True) never reaches paho, anything else is read by paho as before. A new socket (a
+    reconnect) starts with an empty buffer. Uses paho 2's private `_sock_recv`, `_sock`, `_in_packet` and
+    keepalive clock; the consumer installs it only where they exist."""
+
+    CHUNK = 1 << 16
+
+    def __init__(self, client: Any, on_packet: Callable[[int, bytes], bool] | None = None) -> None:
+        self._client = client
+        self._recv = client._sock_recv
+        self._loop_read = client.loop_read
+        self._on_packet = on_packet
+        self._sock: object = None
+        self._data = b""
+        self._pos = 0
+        self.recvs = 0  # recv() calls made (a figure for tests and profiles)
+        self.taken = 0  # packets handed to on_packet and taken
+        client._sock_recv = self.sock_recv
+        client.loop_read = self.loop_read
+
+    def sock_recv(self, bufsize: int) -> bytes:
+        sock = self._client._sock
+        if sock is not self._sock:
+            self._sock, self._data, self._pos = sock, b"", 0
+        if self._pos >= len(self._data):
+            data: bytes = self._recv(self.CHUNK)  # raises as paho expects (BlockingIOError: nothing yet)
+            self.recvs += 1
+            if not data:
+                return data  # the connection is closed
+            self._data, self._pos = data, 0
+        start = self._pos
+        self._pos = min(start + bufsize, len(self._data))
+        return self._data[start : self._pos]
+
+    def buffered(self) -> int:
+        return len(self._data) - self._pos if self._client._sock is self._sock else 0
+
+    def loop_read(self, max_packets: int = 1) -> Any:
+        rc = self._loop_read(max_packets)
+        while rc == mqtt.MQTT_ERR_SUCCESS and self.buffered():
+            if self._on_packet is not None and self._client._in_packet["command"] == 0 and self._take():
+                continue
+            rc = self._loop_read(1)
+        return rc
+
+    def _take(self) -> bool:
+        """Hand the whole packets at the head of the buffer to on_packet until one is incomplete or not
+        taken; True if the buffer is then empty (nothing left for paho)."""
+        data, pos, end_of_data = self._data, self._pos, len(self._data)
+        on_packet, taken = self._on_packet, 0
+        assert on_packet is not None
+        while pos < end_of_data:
+            i, length, shift = pos + 1, 0, 0
+            while i < end_of_data and shift <= 21:
+                byte = data[i]
+                i += 1
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    break
+            else:
+                break  # the remaining length is not whole yet (or malformed: paho says so)
+            end = i + length
+            if end > end_of_data or not on_packet(data[pos], data[i:end]):
+                break
+            pos = self._pos = end
+            taken += 1
+        if taken:
+            self.taken += taken
+            with self._client._msgtime_mutex:
+                self._client._last_bytes_received = time.monotonic()
+        return pos >= end_of_data
+
+
 class AckToken(NamedTuple):
     generation: int
     mid: int
@@ -144,6 +223,7 @@ class Consumer:
         self.client.on_unsubscribe = guarded(f"MQTT {client_id} on_unsubscribe", self._handle_unsubscribe)
         self.client.on_message = guarded(f"MQTT {client_id} on_message", self._handle_message)
         self.parsed_by_paho = 0  # messages the lean reader left to paho (see _install_lean_publish)
+        self.reads: BufferedReads | None = None
         self._install_lean_publish()
 
     @property
@@ -316,14 +396,23 @@ class Consumer:
         v5 = c._protocol == mqtt.MQTTv5
         deliver = guarded(f"MQTT {self.client_id} on_message", self._deliver)
 
-        def handle_publish() -> Any:
-            packet = c._in_packet
-            parsed = parse_plain_publish(packet["command"], packet["packet"], v5)
+        def take(header: int, body: bytes) -> bool:
+            if header & 0xF0 != mqtt.PUBLISH:
+                return False
+            parsed = parse_plain_publish(header, body, v5)
             if parsed is None:
-                self.parsed_by_paho += 1
-                return paho_handler()
+                return False
             topic, mid, payload, dup = parsed
             deliver(topic, payload, mid, 1, dup)
-            return mqtt.MQTT_ERR_SUCCESS
+            return True
+
+        def handle_publish() -> Any:
+            packet = c._in_packet
+            if take(packet["command"], packet["packet"]):
+                return mqtt.MQTT_ERR_SUCCESS
+            self.parsed_by_paho += 1
+            return paho_handler()
 
         c._handle_publish = handle_publish
+        if all(hasattr(c, a) for a in ("_sock_recv", "_sock", "loop_read", "_msgtime_mutex")):
+            self.reads = BufferedReads(c, take)

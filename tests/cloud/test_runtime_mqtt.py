@@ -304,6 +304,60 @@ def test_messages_with_properties_still_arrive_through_paho(broker: Mosquitto) -
         c.stop()
 
 
+def test_buffered_reads_deliver_every_message_intact_across_chunks_and_reconnects(
+    broker: Mosquitto, publisher: Publisher
+) -> None:
+    """BufferedReads: a backlog of small messages arrives in far fewer recv() calls than messages, messages
+    larger than a read chunk arrive whole, and after a broker restart the new connection reads cleanly."""
+    got: list[tuple[str, bytes]] = []
+    lock = threading.Lock()
+
+    def on_message(topic: str, payload: bytes, token: AckToken) -> None:
+        with lock:
+            got.append((topic, payload))
+        c.ack([token])
+
+    def member() -> Consumer:
+        m = Consumer(
+            mqtt_url=broker.url,
+            client_id="rt-reads",
+            filters=[topics.shared("gr", "rt/#")],
+            on_message=on_message,
+        )
+        m.start()
+        assert m.subscribed_event.wait(10)
+        return m
+
+    c = member()
+    c.stop()  # the session keeps what is published meanwhile: a backlog delivered in a burst
+    big = [bytes([i]) * (100_000 + 7 * i) for i in range(3)]  # each larger than one 64 KiB read
+    sent = [(f"rt/s/{i}", f"small-{i}".encode()) for i in range(2000)]
+    sent[500:500] = [(f"rt/big/{i}", b) for i, b in enumerate(big)]
+    outcomes = publisher.publish_many([Outgoing(t, p) for t, p in sent], 20)
+    assert all(o.matched for o in outcomes)
+    c = member()
+    try:
+        assert c.reads is not None
+        wait(lambda: len(got) == len(sent), 20, "the backlog")
+        assert got == sent, "a message lost, cut or out of order"
+        assert c.reads.recvs < len(sent) / 4, f"{c.reads.recvs} recv() calls for {len(sent)} messages"
+        assert c.reads.taken > len(sent) / 2, "the buffered packets were left to paho"
+        broker.stop()
+        broker.start()
+        wait(lambda: c.connects >= 2 and c.subscribed_event.is_set(), 30, "subscribed after the restart")
+        with Publisher(broker.url, "rt-reads-pub") as pub:
+            assert pub.wait_connected(10)
+            again = pub.publish_many([Outgoing(f"rt/after/{i}", b"x" * i) for i in range(1, 50)], 20)
+        assert all(o.matched for o in again)
+        after = [(f"rt/after/{i}", b"x" * i) for i in range(1, 50)]
+        wait(lambda: bool(got) and got[-1] == after[-1], 20, "the messages after the restart")
+        # mosquitto 2.0.11 may deliver its persisted copy of the old backlog again after a restart
+        # (at least once: ingest's natural keys absorb it); the new messages come whole and in order
+        assert [m for m in got[len(sent) :] if m[0].startswith("rt/after/")] == after
+    finally:
+        c.stop()
+
+
 CHILD = """
 import logging, sys, time
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
