@@ -273,34 +273,59 @@ def publish_in_child(url: str, messages: list[Message], client_id: str) -> mp.pr
 def raw_broker_rate(port: int, url: str, messages: list[Message]) -> float:
     """The ceiling of a Python MQTT consumer on this machine: a bare paho subscriber (QoS 1, auto ack,
     no work per message) receiving a publisher child's messages through the broker: messages/s."""
+    return raw_broker_figures(port, url, messages)[0]
+
+
+def raw_broker_figures(port: int, url: str, messages: list[Message]) -> tuple[float, float]:
+    """raw_broker_rate, and the CPU seconds per message of the bare subscriber's network thread (all of
+    its work: paho's reads, parsing and PUBACKs), for "messages per second per core" comparisons."""
     n = len(messages)
     got = 0
+    tid = 0
     done = threading.Event()
     ready = threading.Event()
 
     def on_message(_c: Any, _u: Any, _m: Any) -> None:
-        nonlocal got
+        nonlocal got, tid
+        if not tid:
+            tid = threading.get_native_id()
         got += 1
         if got >= n:
             done.set()
 
+    def subscribed(*_a: Any) -> None:
+        nonlocal tid
+        tid = threading.get_native_id()
+        ready.set()
+
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw-sub", protocol=mqtt.MQTTv5)
     sub.on_message = on_message
-    sub.on_subscribe = lambda *a: ready.set()
+    sub.on_subscribe = subscribed
     sub.on_connect = lambda c, *a: c.subscribe("mf/v1/+/up/#", qos=1)
     sub.connect("127.0.0.1", port)
     sub.loop_start()
     ready.wait(10)
+    cpu0 = thread_cpu_seconds(tid)
     t0 = time.perf_counter()
     child = publish_in_child(url, messages, "bench-raw-pub")
     done.wait(170)
     elapsed = time.perf_counter() - t0
+    cpu = thread_cpu_seconds(tid) - cpu0
     child.join(30)
     sub.disconnect()
     sub.loop_stop()
     if got < n:
         raise RuntimeError(f"raw subscriber got {got} of {n} messages")
-    return n / elapsed
+    return n / elapsed, cpu / n
+
+
+def thread_cpu_seconds(tid: int) -> float:
+    """User + system CPU seconds of one thread of this process (Linux /proc), 0.0 if unknown."""
+    try:
+        fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -60,7 +60,7 @@ from bench._common import (  # noqa: E402
     cpu_seconds,
     fleet_traffic,
     publish_in_child,
-    raw_broker_rate,
+    raw_broker_figures,
     wait_until,
 )
 from bench.ingest import TABLES, copy_rate, sample_batches  # noqa: E402
@@ -228,6 +228,12 @@ class Phase:
     errors: int
 
     @property
+    def msgs_per_cpu_s(self) -> float:
+        """Messages consumed per CPU second of the consumer process(es): messages/s per core."""
+        cpu_s = self.cpu_ms_per_1000 * self.stored / 1e6
+        return self.messages / cpu_s if cpu_s > 0 else 0.0
+
+    @property
     def loss(self) -> int:
         lost = self.expected - self.stored
         if self.uplinks_stored is not None:
@@ -381,7 +387,8 @@ def main() -> None:
             conn.execute(NODERED_TABLE)
         console.print("ceilings: bare paho subscriber, binary COPY into both tables ...")
         with fresh_broker() as broker:
-            ceilings["broker_msgs_per_s"] = raw_broker_rate(broker.port, broker.url, msgs)
+            rate, cpu_per_msg = raw_broker_figures(broker.port, broker.url, msgs)
+            ceilings["broker_msgs_per_s"], ceilings["broker_cpu_s_per_msg"] = rate, cpu_per_msg
         ceilings["copy_samples"] = copy_ceiling(dsn, msgs, "samples")
         ceilings["copy_nodered"] = copy_ceiling(dsn, msgs, "nodered_samples")
         for mode in ("live", "drain"):
@@ -415,7 +422,18 @@ def main() -> None:
         summary[f"{k}_cpu_ms_per_1000"] = round(p.cpu_ms_per_1000, 2)
         summary[f"{k}_db_cpu_ms_per_1000"] = round(p.db_cpu_ms_per_1000, 2)
         summary[f"{k}_errors"] = p.errors
+    bare_per_core = 1.0 / max(ceilings["broker_cpu_s_per_msg"], 1e-12)
+    summary["bare_paho_msgs_per_cpu_s"] = round(bare_per_core)
+    for key in ("microfleet-live", "microfleet-drain"):
+        summary[f"{key.replace('-', '_')}_msgs_per_cpu_s"] = round(phases[key].msgs_per_cpu_s)
+    console.print(
+        f"messages per CPU second (per core): bare paho subscriber {bare_per_core:,.0f}; microfleet live "
+        f"{mf_live.msgs_per_cpu_s:,.0f} ({mf_live.msgs_per_cpu_s / bare_per_core:.2f}x), drain "
+        f"{mf_drain.msgs_per_cpu_s:,.0f} ({mf_drain.msgs_per_cpu_s / bare_per_core:.2f}x); goal 2x"
+    )
     summary |= {
+        "ratio_microfleet_live_per_core_to_bare_paho": round(mf_live.msgs_per_cpu_s / bare_per_core, 3),
+        "ratio_microfleet_drain_per_core_to_bare_paho": round(mf_drain.msgs_per_cpu_s / bare_per_core, 3),
         "ratio_live_samples_per_s": round(mf_live.samples_per_s / max(nr_live.samples_per_s, 1e-9), 3),
         "ratio_drain_samples_per_s": round(mf_drain.samples_per_s / max(nr_drain.samples_per_s, 1e-9), 3),
         "ratio_live_cpu_per_1000": round(mf_live.cpu_ms_per_1000 / max(nr_live.cpu_ms_per_1000, 1e-9), 3),
