@@ -7,6 +7,11 @@ samples/s sent and stored, loss (per device, every seq the outbox gave out in th
 against the alerts the personas expect, CPU and memory of each process. Exit 1 when loss is not zero, or
 when `--check-alerts` is given and an expected alert is missing.
 
+Either broker tier (cli/loadtest_tier.py): one mosquitto (MQTT 5), or the MQTT gateways of a NATS cluster
+(`--mqtt-version 3.1.1`, the gateways comma-separated in `--mqtt-url`: device i starts at gateway i mod n
+and moves to the next after a lost connection). The report names the tier, the protocol level and the
+brokers; with `--nats-url` it also reads `$MQTT_msgs` and its durables after the run.
+
 What is counted: the data messages (sessions, samples, events; not the status births, which share the
 seq counter) that the devices created in THIS run (seq >= the device's next seq when its outbox opened:
 outboxes persist in --data-dir), sent and stored alike. The run is real time and its clock starts now
@@ -36,13 +41,38 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from cli.loadtest_figures import (
+    latency_figures,
+    latency_since,
+    latency_text,
+    loss_by_device,
+    missing_alerts,
+    raised_alerts,
+    run_latency,
+    stored_data_messages,
+    stored_seqs,
+)
+from cli.loadtest_tier import describe_tier, durable_text, jetstream_state, tier_text
 from simulators.cli import raise_fd_limit
 from simulators.fleet import Fleet, FleetConfig
 from simulators.scenario import Scenario, ScenarioError, load_scenario
 
 if TYPE_CHECKING:
-    import psycopg
+    pass
 
+# the figures' readers stay importable from here (compose-loadtest, bench/sim.py, the tests)
+__all__ = [
+    "LoadReport",
+    "latency_figures",
+    "latency_since",
+    "latency_text",
+    "loadtest",
+    "loss_by_device",
+    "missing_alerts",
+    "raised_alerts",
+    "run_loadtest",
+    "stored_seqs",
+]
 console = Console()
 
 
@@ -69,6 +99,8 @@ class LoadReport:
     alerts_missing: list[str]
     alerts_raised: dict[str, int]
     processes: list[dict[str, Any]] = field(default_factory=list)
+    tier: dict[str, Any] = field(default_factory=dict)  # cli/loadtest_tier.describe_tier
+    drained: bool = True  # every outbox emptied by the cloud's commit marks within `settle`
 
     @property
     def ok(self) -> bool:
@@ -104,106 +136,6 @@ class ProcessWatch:
         return out
 
 
-LATENCY_KEYS = ("p50", "p95", "p99", "max")
-
-
-def latency_figures(values: Sequence[float] | None, n: int) -> dict[str, float | None]:
-    """Pure: p50/p95/p99/max in ms (rounded) and the count; all None when no message was measured."""
-    if not n or values is None:
-        return {**dict.fromkeys(LATENCY_KEYS, None), "n": 0}
-    return {**{k: round(float(v), 1) for k, v in zip(LATENCY_KEYS, values, strict=True)}, "n": n}
-
-
-def latency_text(figures: dict[str, float | None]) -> str:
-    """Pure: the table's latency cell; a figure from nothing says so."""
-    if not figures.get("n"):
-        return "n/a (no samples)"
-    return " / ".join(str(figures[k]) for k in LATENCY_KEYS) + f" ({figures['n']:.0f} messages)"
-
-
-def _first_seqs(first: dict[str, int]) -> tuple[list[str], list[int]]:
-    return list(first), list(first.values())
-
-
-def _latency(conn: psycopg.Connection[Any], first: dict[str, int]) -> dict[str, float | None]:
-    """Latency of this run's data messages (seq >= the device's first seq of the run, status excluded)."""
-    row = conn.execute(
-        "select percentile_cont(array[0.5, 0.95, 0.99]) within group (order by ms), max(ms), count(*) "
-        "from (select extract(epoch from u.stored_at - u.sent_at) * 1000 as ms from uplink_log u "
-        "join unnest(%s::text[], %s::bigint[]) as f(device_id, first_seq) using (device_id) "
-        "where u.kind <> 'status' and u.seq >= f.first_seq) x",
-        _first_seqs(first),
-    ).fetchone()
-    if row is None or row[0] is None:
-        return latency_figures(None, 0)
-    return latency_figures((*row[0], row[1]), int(row[2]))
-
-
-def latency_since(conn: psycopg.Connection[Any], prefix: str, since: datetime) -> dict[str, float | None]:
-    """Latency of the prefix's data messages sent since `since` (device time; compose-loadtest)."""
-    row = conn.execute(
-        "select percentile_cont(array[0.5, 0.95, 0.99]) within group (order by ms), max(ms), count(*) "
-        "from (select extract(epoch from stored_at - sent_at) * 1000 as ms from uplink_log "
-        "where device_id like %s and kind <> 'status' and sent_at >= %s) x",
-        (prefix + "-%", since),
-    ).fetchone()
-    if row is None or row[0] is None:
-        return latency_figures(None, 0)
-    return latency_figures((*row[0], row[1]), int(row[2]))
-
-
-def stored_data_messages(conn: psycopg.Connection[Any], first: dict[str, int]) -> int:
-    """Distinct (device, seq) data messages of this run in uplink_log: what `sent_messages` counts."""
-    row = conn.execute(
-        "select count(distinct (u.device_id, u.seq)) from uplink_log u "
-        "join unnest(%s::text[], %s::bigint[]) as f(device_id, first_seq) using (device_id) "
-        "where u.kind <> 'status' and u.seq >= f.first_seq",
-        _first_seqs(first),
-    ).fetchone()
-    return int(row[0]) if row else 0
-
-
-def stored_seqs(conn: psycopg.Connection[Any], prefix: str) -> tuple[dict[str, set[int]], int]:
-    """Distinct seqs per device in uplink_log, and how many rows are extra copies of a seq."""
-    seqs: dict[str, set[int]] = {}
-    rows = 0
-    for dev, seq in conn.execute(
-        "select device_id, seq from uplink_log where device_id like %s", (prefix + "-%",)
-    ):
-        seqs.setdefault(dev, set()).add(seq)
-        rows += 1
-    return seqs, rows - sum(len(s) for s in seqs.values())
-
-
-def loss_by_device(
-    expected_next: dict[str, int], stored: dict[str, set[int]], first: dict[str, int] | None = None
-) -> dict[str, int]:
-    """Pure: per device, how many of seqs first..next-1 (first: 0 unless given) were not stored."""
-    out = {}
-    for dev, nxt in expected_next.items():
-        lo = (first or {}).get(dev, 0)
-        missing = nxt - lo - len(stored.get(dev, set()) & set(range(lo, nxt)))
-        if missing:
-            out[dev] = missing
-    return out
-
-
-def missing_alerts(expected: dict[str, frozenset[str]], raised: dict[str, set[str]]) -> list[str]:
-    """Pure: `device:rule` for every expected rule the device did not raise."""
-    return sorted(f"{d}:{r}" for d, rules in expected.items() for r in rules - raised.get(d, set()))
-
-
-def raised_alerts(conn: psycopg.Connection[Any], prefix: str) -> dict[str, set[str]]:
-    if conn.execute("select to_regclass('alerts')").fetchone() == (None,):
-        return {}
-    out: dict[str, set[str]] = {}
-    for dev, rule in conn.execute(
-        "select distinct device_id, rule_id from alerts where device_id like %s", (prefix + "-%",)
-    ):
-        out.setdefault(dev, set()).add(rule)
-    return out
-
-
 def _live_table(fleet: Fleet, stored: int, phase: str, t: float) -> Table:
     s = fleet.stats()
     table = Table(title=f"microfleet loadtest: {phase} ({t:.0f} s)")
@@ -233,6 +165,8 @@ async def run_loadtest(
     watch_pids: Sequence[int] = (),
     clock_skew_s: dict[int, float] | None = None,
     live: bool = True,
+    mqtt_version: str = "5",
+    nats_url: str | None = None,
 ) -> LoadReport:
     import psycopg  # the load test reads the database; the device image (.[sim]) has no driver
 
@@ -240,7 +174,15 @@ async def run_loadtest(
     # real time from now: device time is wall time (a scenario's start in the past made every latency
     # a day long, and the old filter on sent_at then dropped every message)
     scenario = dataclasses.replace(scenario, start=datetime.now(UTC), speed=1.0)
-    config = FleetConfig(scenario, mqtt_url, data_dir, clock_skew_s=clock_skew_s or {})
+    config = FleetConfig(
+        scenario,
+        mqtt_url,
+        data_dir,
+        clock_skew_s=clock_skew_s or {},
+        extra={"mqtt_version": mqtt_version},
+        spread_brokers=True,
+    )
+    tier = describe_tier(mqtt_url, mqtt_version, nats_url)
     watch = ProcessWatch([psutil.Process().pid, *watch_pids])
     with psycopg.connect(database_url, autocommit=True) as conn:
         q0 = int(conn.execute("select count(*) from quarantine").fetchone()[0])  # type: ignore[index]
@@ -248,6 +190,7 @@ async def run_loadtest(
             t0 = time.monotonic()
             phase = ["ramp"]
             connected_max = [0]
+            drained = [True]
 
             async def drive() -> None:
                 await fleet.connect(ramp_per_s, wait_s=120)
@@ -258,8 +201,11 @@ async def run_loadtest(
                 with contextlib.suppress(asyncio.CancelledError):
                     await users
                 phase[0] = "drain"
-                async with asyncio.timeout(settle_s):
-                    await fleet.drained()
+                try:
+                    async with asyncio.timeout(settle_s):
+                        await fleet.drained()
+                except TimeoutError:  # not committed in time: the report counts what is lost
+                    drained[0] = False
 
             work = asyncio.create_task(drive())
             stored = 0
@@ -288,9 +234,11 @@ async def run_loadtest(
         samples_stored = conn.execute(
             "select count(*) from samples where device_id like %s", (prefix + "-%",)
         ).fetchone()
-        latency = _latency(conn, first)
+        latency = run_latency(conn, first)
         stored_msgs = stored_data_messages(conn, first)
         raised = raised_alerts(conn, prefix)
+    if nats_url:
+        tier["jetstream"] = await jetstream_state(nats_url)
     n_samples = int(samples_stored[0]) if samples_stored else 0
     return LoadReport(
         devices=scenario.devices,
@@ -316,6 +264,8 @@ async def run_loadtest(
         if raised
         else {},
         processes=watch.report(),
+        tier=tier,
+        drained=drained[0],
     )
 
 
@@ -324,6 +274,7 @@ def report_table(r: LoadReport) -> Table:
     t.add_column("figure")
     t.add_column("value", justify="right")
     rows = [
+        ("tier", tier_text(r.tier)) if r.tier else ("tier", "-"),
         ("devices / connected (max)", f"{r.devices} / {r.connected_max}"),
         ("messages sent / stored", f"{r.sent_messages} / {r.stored_messages}"),
         ("samples sent / stored", f"{r.sent_samples} / {r.stored_samples}"),
@@ -336,6 +287,9 @@ def report_table(r: LoadReport) -> Table:
         ("alerts raised (rule: devices)", ", ".join(f"{k}:{v}" for k, v in r.alerts_raised.items()) or "-"),
         ("expected alerts missing", f"{len(r.alerts_missing)} of {r.alerts_expected}"),
     ]
+    durables = (r.tier.get("jetstream") or {}).get("durables") or {}
+    rows += [(f"durable {name}", durable_text(name, d)) for name, d in durables.items()]
+    rows.append(("outboxes drained (committed)", "yes" if r.drained else "[red]no[/]"))
     rows += [
         (f"process {p['pid']} {p['name']}", f"{p['cpu_pct']} % cpu, {p['rss_mb']:.0f} MB")
         for p in r.processes
@@ -346,7 +300,27 @@ def report_table(r: LoadReport) -> Table:
 
 
 def loadtest(
-    mqtt_url: Annotated[str, typer.Option(envvar="MICROFLEET_MQTT_URL")] = "mqtt://127.0.0.1:1883",
+    mqtt_url: Annotated[
+        str,
+        typer.Option(
+            envvar="MICROFLEET_MQTT_URL",
+            help="The broker, or the NATS cluster's MQTT gateways comma-separated (devices spread over them).",
+        ),
+    ] = "mqtt://127.0.0.1:1883",
+    mqtt_version: Annotated[
+        str,
+        typer.Option(
+            envvar="MICROFLEET_EDGE_MQTT_VERSION",
+            help="5, or 3.1.1 for the NATS tier's MQTT gateways (docs/decisions/nats-tier.md).",
+        ),
+    ] = "5",
+    nats_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MICROFLEET_NATS_URL",
+            help="The NATS tier: after the run, report `$MQTT_msgs` and its durables (pending, unacked).",
+        ),
+    ] = None,
     database_url: Annotated[
         str, typer.Option(envvar="MICROFLEET_DATABASE_URL")
     ] = "postgresql://postgres@127.0.0.1:5432/microfleet",
@@ -365,6 +339,8 @@ def loadtest(
     check_alerts: Annotated[bool, typer.Option(help="Fail when an expected alert is missing.")] = False,
 ) -> None:
     """Ramp DEVICES simulated devices up at RAMP/s, hold for HOLD s, report; exit 1 on loss."""
+    if mqtt_version not in ("5", "3.1.1"):
+        raise typer.BadParameter(f"--mqtt-version must be 5 or 3.1.1, got {mqtt_version!r}")
     try:
         sc = load_scenario(scenario) if scenario else Scenario(id_prefix="load")
     except ScenarioError as exc:
@@ -383,6 +359,8 @@ def loadtest(
             hold_s=hold,
             settle_s=settle,
             watch_pids=pid or (),
+            mqtt_version=mqtt_version,
+            nats_url=nats_url,
         )
     )
     console.print(report_table(report))

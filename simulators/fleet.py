@@ -38,7 +38,9 @@ from simulators.simclock import SimClock
 @dataclass(frozen=True, slots=True)
 class FleetConfig:
     scenario: Scenario
-    mqtt_url: str  # may hold {device_id}: mqtt://{device_id}:pw-{device_id}@host:1883
+    mqtt_url: (
+        str  # may hold {device_id}: mqtt://{device_id}:pw-{device_id}@host:1883; comma-separated: gateways
+    )
     data_dir: Path
     device_range: range | None = None  # this process's slice of 0..scenario.devices-1 (None: all)
     shared_outbox: bool = True
@@ -52,6 +54,9 @@ class FleetConfig:
     extra: dict[str, object] = field(default_factory=dict)  # more EdgeConfig fields for every agent
     # the signing keys every agent trusts (protocols, firmware); None: the scenario's `trusted_keys`
     trusted_keys_file: Path | None = None
+    # several comma-separated URLs: device i starts at URL i mod n (then the next after a lost connection)
+    # instead of every device starting at the first: the load spread over the gateways of a cluster
+    spread_brokers: bool = False
 
     @property
     def trusted_keys(self) -> Path | None:
@@ -80,6 +85,15 @@ class FleetStats:
     outbox_depth: int
     outbox_dropped: int
     sim_time_s: float
+
+
+def rotate_urls(urls: str, k: int) -> str:
+    """Pure: the comma-separated URLs starting at the k-th (mod their count), the others after it in order."""
+    parts = [u.strip() for u in urls.split(",") if u.strip()]
+    if len(parts) < 2:
+        return urls
+    k %= len(parts)
+    return ",".join(parts[k:] + parts[:k])
 
 
 class Fleet:
@@ -118,7 +132,7 @@ class Fleet:
         values: dict[str, object] = {
             "device_id": did,
             "data_dir": c.data_dir / did,
-            "mqtt_url": c.mqtt_url.replace("{device_id}", did),
+            "mqtt_url": rotate_urls(c.mqtt_url, i if c.spread_brokers else 0).replace("{device_id}", did),
             "outbox_sync": c.outbox_sync,
             "samples_per_batch": c.scenario.samples_per_batch,
             "model": self.personas[did].model,
