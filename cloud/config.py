@@ -28,6 +28,16 @@ def _port(value: str) -> int | None:
     return int(v)
 
 
+ALERT_FEEDS = ("uplinks", "committed")
+
+
+def _feed(value: str) -> str:
+    v = value.strip().lower()
+    if v not in ALERT_FEEDS:
+        raise ValueError(f"MICROFLEET_ALERT_FEED={value!r}: use committed or uplinks")
+    return v
+
+
 @dataclass(frozen=True, slots=True)
 class CloudConfig:
     database_url: str = DEFAULT_DATABASE_URL
@@ -60,6 +70,10 @@ class CloudConfig:
     # unless a port is set (0: any free port); the API serves them on its own port
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    # how the alert engine gets its uplinks (docs/decisions/alert-feed.md): "uplinks", its own shared
+    # subscription / durable on device traffic; "committed", one message per batch ingest committed, on
+    # topics.COMMITTED_FEED (ingest publishes it, the engine reads it; set the same on both)
+    alert_feed: str = "uplinks"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> CloudConfig:
@@ -87,6 +101,7 @@ class CloudConfig:
             ),
             "metrics_port": _port(e.get("MICROFLEET_METRICS_PORT", "")),
             "metrics_host": e.get("MICROFLEET_METRICS_HOST", "127.0.0.1"),
+            "alert_feed": _feed(e.get("MICROFLEET_ALERT_FEED", "uplinks")),
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

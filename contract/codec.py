@@ -16,7 +16,15 @@ import msgspec
 from contract import SCHEMA_VERSION
 from contract.errors import ContractError, Reason
 from contract.limits import MAX_FUTURE_SKEW, check_ranges
-from contract.messages import CommitMark, Notice, SafetyGate, SyncRequest, UplinkMessage, kind_of
+from contract.messages import (
+    CommitMark,
+    CommittedBatch,
+    Notice,
+    SafetyGate,
+    SyncRequest,
+    UplinkMessage,
+    kind_of,
+)
 from contract.topics import Downlink, ParsedTopic, Uplink, parse_downlink, parse_uplink
 
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -164,3 +172,26 @@ def decode_downlink(topic: str, payload: bytes, *, max_bytes: int = MAX_PAYLOAD_
             Reason.DEVICE_MISMATCH, f"body device_id {message.device_id!r} != topic {device_id!r}"
         )
     return message
+
+
+# --- the cloud-internal alert feed (topics.COMMITTED_FEED): msgpack, the device payloads as raw bytes ---
+_feed_encoder = msgspec.msgpack.Encoder()
+_feed_decoder: msgspec.msgpack.Decoder[CommittedBatch] = msgspec.msgpack.Decoder(CommittedBatch)
+
+
+def encode_feed(batch: CommittedBatch) -> bytes:
+    return _feed_encoder.encode(batch)
+
+
+def decode_feed(payload: bytes) -> CommittedBatch:
+    """A CommittedBatch from the alert feed, or ContractError (not msgpack, schema, unknown version).
+    The inner messages are not checked here: the engine decodes each as the uplink it is."""
+    try:
+        batch = _feed_decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise ContractError(Reason.SCHEMA, str(exc)) from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ContractError(Reason.NOT_JSON, f"not a msgpack CommittedBatch: {exc}") from None
+    if batch.schema_version not in SUPPORTED_VERSIONS:
+        raise ContractError(Reason.UNKNOWN_VERSION, f"schema_version {batch.schema_version} is not supported")
+    return batch

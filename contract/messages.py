@@ -286,3 +286,27 @@ class SafetyGate(_Downlink, frozen=True, tag="gate", omit_defaults=True):
     blocked: bool
     reasons: tuple[Text, ...] = ()
     text: Annotated[str, msgspec.Meta(max_length=500)] = ""
+
+
+# --- cloud-internal: ingest -> alert engine -------------------------------------------------------
+
+
+class CommittedBatch(
+    msgspec.Struct,
+    frozen=True,
+    forbid_unknown_fields=True,
+    tag_field="kind",
+    tag="committed_batch",
+    kw_only=True,
+):
+    """On `mf/v1/_cloud/committed` (topics.COMMITTED_FEED, QoS 1, msgpack: contract.codec.encode_feed):
+    the uplinks one ingest transaction stored that the alert engine evaluates, as the device sent them
+    (topic, payload bytes), in the order ingest received them. Published only after the COMMIT; the
+    batch's originals are acknowledged to the broker only after the broker took this message, so a crash
+    in between re-sends the originals, ingest re-writes them (idempotent) and publishes them again: the
+    engine sees every stored message at least once (its evaluation is idempotent). `consumer` names the
+    ingest process, for logs."""
+
+    schema_version: int = SCHEMA_VERSION
+    consumer: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    messages: tuple[tuple[str, bytes], ...] = ()

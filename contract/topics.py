@@ -5,6 +5,9 @@ Layout (MQTT 5):
     mf/v1/{device_id}/down/{kind}    cloud -> device   (desired state, notices)
 
 A device's broker ACL is simply "publish under mf/v1/<me>/up/#, subscribe under mf/v1/<me>/down/#".
+
+Cloud-internal traffic lives under `mf/v1/_cloud/...`: `_cloud` cannot be a device id (a device id starts
+with a letter or digit), so no device topic, filter or ACL ever covers it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,14 @@ class Downlink(StrEnum):
     NOTICE = "notice"  # QoS 1, not retained: a message for the user
     GATE = "gate"  # retained: the safety gate (sessions blocked by a contraindication, or not)
     COMMITTED = "committed"  # QoS 1, not retained: CommitMark, "every seq <= through is committed"
+
+
+# Cloud-internal topics (never a device's): the level after PREFIX that no device id can take.
+CLOUD_LEVEL = "_cloud"
+# The alert feed: after each committed batch, ingest publishes there ONE CommittedBatch (contract.messages)
+# holding the evaluated messages that batch stored; the alert engine reads it through its shared group
+# (docs/decisions/alert-feed.md). QoS 1, not retained.
+COMMITTED_FEED = f"{PREFIX}/{CLOUD_LEVEL}/committed"
 
 
 class ParsedTopic(NamedTuple):

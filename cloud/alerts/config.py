@@ -52,6 +52,9 @@ class AlertConfig:
     # scale-in; a lone engine that restarts keeps its session instead, so nothing published meanwhile is
     # lost to it (nothing re-sends to the engine what ingest already committed)
     leave_on_stop: bool = False
+    # MICROFLEET_ALERT_FEED (CloudConfig.alert_feed): "uplinks", the engine's own subscription to device
+    # traffic; "committed", the batches ingest committed (cloud.alerts.feed_source)
+    feed: str = "uplinks"
 
     @classmethod
     def from_env(
@@ -67,6 +70,7 @@ class AlertConfig:
                 "nats_url": cloud.nats_url,
                 "mqtt_version": cloud.mqtt_version,
                 "session_expiry_s": cloud.session_expiry_s,
+                "feed": cloud.alert_feed,
                 "group": e.get(p + "GROUP", "alerts"),
                 "consumer_id": e.get(p + "CONSUMER_ID", "alerts-1"),
                 "receive_maximum": int(e.get(p + "RECEIVE_MAXIMUM", "2000")),

@@ -2,8 +2,9 @@
 
 Threads, each started and joined here (cloud.runtime.threads: one that dies takes the process down):
 paho's network threads (the `alerts` shared-subscription Consumer, or on the NATS tier the JetStream
-source's thread on the `alerts` durable: cloud.ingest.source chooses by MICROFLEET_NATS_URL; the downlink
-Publisher), the engine thread (batches -> one transaction each -> acks after COMMIT), the delivery worker
+source's thread on the `alerts` durable: cloud.ingest.source chooses by MICROFLEET_NATS_URL; with
+MICROFLEET_ALERT_FEED=committed the same on the alert feed ingest publishes after each commit:
+cloud.alerts.feed_source; the downlink Publisher), the engine thread (batches -> one transaction each -> acks after COMMIT), the delivery worker
 (notices and gates), the webhook worker (when a URL is set), the profile poller (safety gate) and the
 timer (snoozes that expire, orphaned session state, the sweep of sliding rules as days pass). The
 in-memory backlog is bounded by the consumer's Receive Maximum: the broker sends no more until we ack.
@@ -25,18 +26,18 @@ import psycopg
 from cloud.alerts.config import AlertConfig
 from cloud.alerts.delivery import BATCH, DeliveryWorker, Publisher
 from cloud.alerts.engine import BatchResult, Engine
+from cloud.alerts.feed_source import FeedSource
 from cloud.alerts.gate import GatePoller
 from cloud.alerts.lifecycle import wake_snoozed
 from cloud.alerts.metrics import AlertMetrics, Live
 from cloud.alerts.sweep import sweep as sweep_rules
 from cloud.alerts.webhook import WebhookWorker
-from cloud.ingest.consumer import AckToken
+from cloud.ingest.feed import EVALUATED
 from cloud.ingest.source import Source, UplinkSourceSpec, uplink_source, wanted
 from cloud.runtime.db import Database
 from cloud.runtime.metrics import MetricsServer, database_check
 from cloud.runtime.mqtt import check_version
 from cloud.runtime.threads import Threads
-from contract.topics import Uplink
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -45,9 +46,9 @@ RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 # on stop, every worker is signalled at once and all are joined within this one deadline: a batch commits
 # well within it; one that cannot (a stuck database) is left unacknowledged, as after a crash
 STOP_S = 3.0
-# what the rules read; status heartbeats and OTA reports are not evaluated, so the engine does not receive
-# them (1 message in 7 of the benchmark's traffic: the broker does not send it, the engine does not decode it)
-EVALUATED = (Uplink.SESSION_START, Uplink.SAMPLES, Uplink.SESSION_END, Uplink.EVENT)
+# EVALUATED (cloud.ingest.feed: also what ingest feeds in committed mode) is what the rules read; status
+# heartbeats and OTA reports are not evaluated, so the engine does not receive them (1 message in 7 of the
+# benchmark's traffic: the broker does not send it, the engine does not decode it)
 
 
 def utc_now() -> datetime:
@@ -58,12 +59,12 @@ class Inbox:
     """Messages from paho's thread to the engine thread (never blocks paho: bounded by Receive Maximum)."""
 
     def __init__(self) -> None:
-        self._items: list[tuple[str, bytes, AckToken]] = []
+        self._items: list[tuple[str, bytes, Any]] = []
         self._cond = threading.Condition()
         self._first = 0.0
         self._full = 1  # the batch size the taker waits for
 
-    def offer(self, topic: str, payload: bytes, token: AckToken) -> None:
+    def offer(self, topic: str, payload: bytes, token: Any) -> None:
         with self._cond:
             if not self._items:
                 self._first = time.monotonic()
@@ -73,9 +74,7 @@ class Inbox:
             if len(self._items) in (1, self._full):
                 self._cond.notify()
 
-    def take(
-        self, max_items: int, max_delay_s: float, stop: threading.Event
-    ) -> list[tuple[str, bytes, AckToken]]:
+    def take(self, max_items: int, max_delay_s: float, stop: threading.Event) -> list[tuple[str, bytes, Any]]:
         with self._cond:
             self._full = max_items
             end = time.monotonic() + 0.5
@@ -127,7 +126,13 @@ class AlertService:
         # is acknowledged on arrival (nothing of it is committed) and never decoded
         self.skipped = 0
         self._evaluated = wanted(EVALUATED)
-        self.consumer: Source = uplink_source(spec, self._offer if spec.on_nats else self.inbox.offer)
+        # committed mode (MICROFLEET_ALERT_FEED): the batches ingest committed, one feed message each,
+        # unpacked into the same inbox (cloud.alerts.feed_source); ingest feeds evaluated kinds only
+        self.consumer: Source = (
+            FeedSource(spec, self.inbox.offer)
+            if cfg.feed == "committed"
+            else uplink_source(spec, self._offer if spec.on_nats else self.inbox.offer)
+        )
         # the one owner of the engine's connections: engine, timer, delivery, gate poller and webhook
         self.db = Database(cfg.database_url, name=cfg.consumer_id, max_size=6)
         self.publisher = Publisher(
@@ -162,7 +167,7 @@ class AlertService:
             },
         )
 
-    def _offer(self, topic: str, payload: bytes, token: AckToken) -> None:
+    def _offer(self, topic: str, payload: bytes, token: Any) -> None:
         if self._evaluated(topic):
             self.inbox.offer(topic, payload, token)
         else:

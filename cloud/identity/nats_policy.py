@@ -36,6 +36,10 @@ INBOX = "_INBOX.>"  # replies to a service's JetStream API requests (nats-py's d
 # Which durable consumer on $MQTT_msgs each service's processes share (they replace the MQTT tier's
 # shared-subscription groups $share/ingest and $share/alerts: the same group names).
 DURABLES: dict[str, str] = {"svc-ingest": "ingest", "svc-alerts": "alerts"}
+# The alert feed's durable (MICROFLEET_ALERT_FEED=committed): ingest publishes each committed batch through
+# the gateway on `mf/v1/_cloud/committed` (its MQTT publish right comes from policy.SERVICE_ROLES), which
+# lands in $MQTT_msgs as `$MQTT.msgs.mf.v1._cloud.committed`; the alert engine reads it from this durable.
+FEED_DURABLES: dict[str, str] = {"svc-alerts": "alerts-feed"}
 
 # An operator's identity to create the durables (before any device connects: $MQTT_msgs is an interest
 # stream) and inspect the streams; NATS protocol only, no MQTT, no device subject.
@@ -133,7 +137,11 @@ def service_permissions(role: str) -> Permissions:
         raise ValueError(f"unknown service role {role!r}; known: {known}")
     pub, sub = _from_acls(policy.SERVICE_ROLES[role])
     if role in DURABLES:  # reads device traffic from JetStream (NATS protocol), sends downlinks via MQTT
-        return Permissions((*pub, *_durable(DURABLES[role])), (*sub, INBOX), (CONN_NATS, CONN_MQTT))
+        durables = [_durable(DURABLES[role])]
+        if role in FEED_DURABLES:
+            durables.append(_durable(FEED_DURABLES[role]))
+        reads = tuple(dict.fromkeys(s for d in durables for s in d))
+        return Permissions((*pub, *reads), (*sub, INBOX), (CONN_NATS, CONN_MQTT))
     if sub:  # subscribes through the gateway (svc-simulator): MQTT only, like a device
         return Permissions(tuple(pub), (*sub, MQTT_DELIVERY), (CONN_MQTT,))
     return Permissions(tuple(pub), (), (CONN_MQTT,))

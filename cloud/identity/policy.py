@@ -120,11 +120,27 @@ def _reads_group(group: str) -> tuple[Acl, ...]:
     )
 
 
+def _feeds() -> tuple[Acl, ...]:
+    """The alert feed (topics.COMMITTED_FEED): ingest publishes each committed batch there."""
+    return (Acl("publishClientSend", topics.COMMITTED_FEED),)
+
+
+def _reads_feed(group: str) -> tuple[Acl, ...]:
+    """The alert feed, through the shared subscription of the service's own group only."""
+    return (
+        Acl("subscribePattern", topics.shared(group, topics.COMMITTED_FEED)),
+        Acl("publishClientReceive", topics.COMMITTED_FEED),
+        Acl("unsubscribePattern", topics.shared(group, topics.COMMITTED_FEED)),
+    )
+
+
 # Service roles: the least each cloud duty needs. Subscriptions are granted on the shared-subscription
 # filter of the service's own group only, so a service cannot read outside its group.
 SERVICE_ROLES: dict[str, tuple[Acl, ...]] = {
-    "svc-ingest": (*_reads_group("ingest"), *_sends("svc-ingest")),
-    "svc-alerts": (*_reads_group("alerts"), *_sends("svc-alerts")),
+    # the alert feed (cloud-internal, docs/decisions/alert-feed.md): svc-ingest publishes it, svc-alerts
+    # reads it; no other identity (no device: `_cloud` is no device id) may do either
+    "svc-ingest": (*_reads_group("ingest"), *_sends("svc-ingest"), *_feeds()),
+    "svc-alerts": (*_reads_group("alerts"), *_sends("svc-alerts"), *_reads_feed("alerts")),
     # Load tests only (docker-compose's simulator replicas): one identity speaks for the devices it
     # simulates. Never give it to a real device; real devices get a role of their own (provision_device).
     "svc-simulator": (

@@ -14,6 +14,11 @@ uplinks come from the JetStream durable named by the ingest group on the MQTT ga
 (cloud.runtime.jetstream: fetched in batches, acknowledged after commit, shared by every process), and
 the commit marks go out through the gateway over MQTT 3.1.1 (MICROFLEET_MQTT_URL and _VERSION). Leaving
 then means: fetch no more, commit and ack what is held; the durable stays for the other processes.
+
+With MICROFLEET_ALERT_FEED=committed, the alert engine is fed from here (cloud.ingest.feed, docs/decisions/
+alert-feed.md): after each COMMIT the writer hands the stored evaluated messages to the feed thread, which
+publishes them on the same Publisher as the commit marks and acknowledges the batch's originals only once
+the broker took the feed message; the writer goes on with the next batch meanwhile.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import psycopg
 from cloud.config import CloudConfig
 from cloud.ingest import marks
 from cloud.ingest.batcher import DEFAULT_LATE_HORIZON, Batcher
+from cloud.ingest.feed import FeedSender, fed_pairs
 from cloud.ingest.handoff import Handoff, utc_now
 from cloud.ingest.metrics import IngestMetrics, newest_ts
 from cloud.ingest.source import Source, UplinkSourceSpec, uplink_source
@@ -215,6 +221,13 @@ class IngestService:
         self.marks = MarkSender(
             self.db, self.publisher, self.stats, delay_s=config.mark_delay_s, every=config.mark_every
         )
+        # the alert feed (committed mode): on the same Publisher, acking the originals once it is taken
+        self.feed = (
+            FeedSender(self.publisher, self.consumer.ack, consumer_id=config.consumer_id)
+            if config.alert_feed == "committed"
+            else None
+        )
+        self._feed_stop = threading.Event()
         self.writer = BatchWriter(
             config.database_url, consumer=config.consumer_id, strategy=strategy, marks=config.commit_marks
         )
@@ -262,7 +275,17 @@ class IngestService:
                     "stopping with %d uncommitted messages: not acked, the broker keeps them", batch.messages
                 )
                 return
-            self.consumer.ack(batch.acks)
+            if self.feed is None:
+                self.consumer.ack(batch.acks)
+            elif not self.feed.submit(
+                fed_pairs(batch.accepted, result.refused), batch.acks, abort=self._abort
+            ):
+                log.warning(
+                    "stopping with %d committed messages not fed to the alert engine: not acked, the "
+                    "broker keeps them",
+                    batch.messages,
+                )
+                return
             self.stats.record(result)
             quarantined = Tally(str(row[3]) for row in batch.quarantine)
             if result.refused:
@@ -284,6 +307,7 @@ class IngestService:
             sent, failed = self.stats.marks_sent, self.stats.marks_failed
         return {
             "pending": self.handoff.pending(),
+            "feed_pending": self.feed.pending() if self.feed is not None else 0,
             "redeliveries": self.consumer.redeliveries,
             "marks_sent": sent,
             "marks_failed": failed,
@@ -323,6 +347,10 @@ class IngestService:
             self.threads.spawn(
                 "ingest-marks", lambda: self.marks.loop(self._ticker_stop, self.config.mark_interval_s)
             )
+        feed = self.feed
+        if feed is not None:
+            self.threads.spawn("ingest-feed", lambda: feed.loop(self._feed_stop))
+        if self.config.commit_marks or feed is not None:
             self.publisher.start()
         self.consumer.start()
         log.info(
@@ -345,6 +373,12 @@ class IngestService:
             if writer.is_alive():
                 self._abort.set()
                 writer.join()
+        if self.feed is not None and not self.feed.wait_empty(grace_s if not self._abort.is_set() else 0.0):
+            log.warning(
+                "%d committed batches not fed to the alert engine: not acked, the broker keeps them",
+                self.feed.pending(),
+            )
+        self._feed_stop.set()
         self._ticker_stop.set()
         self.threads.join(grace_s)
         self.consumer.stop()

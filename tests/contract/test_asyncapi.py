@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from cloud.config import CloudConfig
 from contract import codec, messages, topics
 from contract.codec import DownlinkMessage
+from contract.errors import ContractError
 from contract.messages import SyncRequest, UplinkMessage
 from tests.contract.strategies import downlink_messages, sync_requests, uplink_messages
 
@@ -32,6 +33,10 @@ Message = UplinkMessage | DownlinkMessage | SyncRequest
 MESSAGE_TYPES: dict[str, type[Message]] = {**UPLINK_TYPES, **DOWNLINK_TYPES, "SyncRequest": SyncRequest}
 Kind = topics.Uplink | topics.Downlink
 PLACEHOLDER = "{deviceId}"
+# cloud-internal channels (no device's): their address, message type, and the codec that reads them
+INTERNAL: dict[str, tuple[str, type[msgspec.Struct]]] = {
+    "alertFeed": (topics.COMMITTED_FEED, messages.CommittedBatch),
+}
 
 
 def resolve(node: dict[str, Any]) -> dict[str, Any]:
@@ -68,6 +73,7 @@ def channel_messages() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     return [
         (name, channel, resolve(message))
         for name, channel in DOC["channels"].items()
+        if name not in INTERNAL
         for message in channel["messages"].values()
     ]
 
@@ -94,7 +100,9 @@ def test_document_is_asyncapi_3_with_json_payloads() -> None:
 
 def test_every_channel_address_parses_and_every_kind_has_one_channel() -> None:
     kinds = []
-    for channel in DOC["channels"].values():
+    for name, channel in DOC["channels"].items():
+        if name in INTERNAL:
+            continue
         address = channel["address"]
         assert set(channel["parameters"]) == {"deviceId"}
         assert address.count(PLACEHOLDER) == 1
@@ -111,7 +119,8 @@ def test_every_channel_address_parses_and_every_kind_has_one_channel() -> None:
 
 
 def test_every_message_type_is_documented_on_the_channel_of_its_kind() -> None:
-    documented = {name: message for name, message in DOC["components"]["messages"].items()}
+    internal = {t.__name__ for _, t in INTERNAL.values()}
+    documented = {n: m for n, m in DOC["components"]["messages"].items() if n not in internal}
     assert set(documented) == set(MESSAGE_TYPES)
     for name, message in documented.items():
         assert message["name"] == name
@@ -131,7 +140,7 @@ def test_every_tagged_struct_of_contract_messages_is_documented() -> None:
         and issubclass(obj, msgspec.Struct)
         and isinstance(obj.__struct_config__.tag, str)
     }
-    assert tagged == set(MESSAGE_TYPES)
+    assert tagged == set(MESSAGE_TYPES) | {t.__name__ for _, t in INTERNAL.values()}
     assert tagged <= set(DOC["components"]["messages"])
 
 
@@ -200,6 +209,8 @@ def test_operations_cover_every_channel_with_qos_1_and_retained_state() -> None:
     """The cloud receives every uplink and sends every downlink; status and the gate are retained."""
     covered = {}
     for operation in DOC["operations"].values():
+        if operation["channel"]["$ref"].rsplit("/", 1)[1] in INTERNAL:
+            continue
         channel = resolve(operation["channel"])
         kind = channel_kind(channel)
         assert operation["action"] == ("receive" if isinstance(kind, topics.Uplink) else "send")
@@ -209,7 +220,7 @@ def test_operations_cover_every_channel_with_qos_1_and_retained_state() -> None:
         assert binding["qos"] == 1
         assert binding["retain"] is (kind in (topics.Uplink.STATUS, topics.Downlink.GATE))
         covered[kind] = operation
-    assert set(covered) == {channel_kind(c) for c in DOC["channels"].values()}
+    assert set(covered) == {channel_kind(c) for n, c in DOC["channels"].items() if n not in INTERNAL}
 
 
 def test_description_names_the_shared_subscription_ingest_uses() -> None:
@@ -219,3 +230,32 @@ def test_description_names_the_shared_subscription_ingest_uses() -> None:
     for operation in DOC["operations"].values():
         if operation["action"] == "receive":
             assert subscription in operation["description"]
+
+
+@pytest.mark.parametrize("name", sorted(INTERNAL))
+def test_internal_channels_match_the_code(name: str) -> None:
+    """A cloud-internal channel: its address is the contract's constant (no device id can reach it), its
+    one message documents the type's fields, QoS 1 not retained, and its example round-trips the codec."""
+    address, message_type = INTERNAL[name]
+    channel = DOC["channels"][name]
+    assert channel["address"] == address and "parameters" not in channel
+    with pytest.raises(topics.TopicError):
+        topics.parse_uplink(address)
+    [ref] = channel["messages"].values()
+    message = resolve(ref)
+    assert message["name"] == message_type.__name__
+    schema = DOC["components"]["schemas"][message_type.__name__]
+    assert set(schema["properties"]) == {"kind", *message_type.__struct_fields__}
+    [operation] = [o for o in DOC["operations"].values() if o["channel"]["$ref"] == f"#/channels/{name}"]
+    assert operation["bindings"]["mqtt"]["qos"] == 1 and operation["bindings"]["mqtt"]["retain"] is False
+    for example in message["examples"]:
+        payload = dict(example["payload"])
+        payload["messages"] = [[t, p.encode()] for t, p in payload["messages"]]
+        decoded = codec.decode_feed(msgspec.msgpack.encode(payload))
+        assert decoded.consumer == payload["consumer"]
+        assert [list(m) for m in decoded.messages] == payload["messages"]
+        jsonschema.Draft7Validator(schema).validate(example["payload"])
+    batch = messages.CommittedBatch(consumer="ingest-1", messages=(("mf/v1/d/up/samples", b"\x00{}"),))
+    assert codec.decode_feed(codec.encode_feed(batch)) == batch
+    with pytest.raises(ContractError):
+        codec.decode_feed(b"\x93not a batch")

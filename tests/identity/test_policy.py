@@ -152,3 +152,21 @@ def test_a_bound_service_client_id_must_lie_in_the_reserved_space() -> None:
 )
 def test_topic_matches(pattern: str, topic: str, match: bool) -> None:
     assert policy.topic_matches(pattern, topic) is match
+
+
+def test_the_alert_feed_is_published_by_ingest_and_read_by_alerts_only() -> None:
+    """topics.COMMITTED_FEED (docs/decisions/alert-feed.md): svc-ingest publishes it, svc-alerts reads it
+    through its own group; no other service, and no device (`_cloud` is no device id), does either."""
+    feed = topics.COMMITTED_FEED
+    roles = policy.SERVICE_ROLES
+    assert [r for r in roles if policy.allows(roles[r], "publishClientSend", feed)] == ["svc-ingest"]
+    assert [r for r in roles if policy.allows(roles[r], "publishClientReceive", feed)] == ["svc-alerts"]
+    assert policy.Acl("subscribePattern", topics.shared("alerts", feed)) in roles["svc-alerts"]
+    assert not any(a.topic == feed and a.acltype == "subscribePattern" for a in roles["svc-alerts"])
+    with pytest.raises(TopicError):
+        topics.check_device_id(topics.CLOUD_LEVEL)
+    for device in ("dev-a", "cloud", "x"):
+        acls = policy.device_acls(device)
+        assert not any(policy.allows(acls, t, feed) for t in ("publishClientSend", "publishClientReceive"))
+    # no uplink filter a service or device reads covers it (ingest would quarantine it as a bad topic)
+    assert not policy.topic_matches(topics.uplink_filter(), feed)

@@ -264,8 +264,16 @@ def test_rights_are_the_mosquitto_roles_translated() -> None:
     assert "mf.v1.*.down.protocol" not in alerts.publish
     assert "$JS.API.CONSUMER.MSG.NEXT.$MQTT_msgs.alerts" in alerts.publish
     assert not any(s.startswith("mf.") for s in alerts.subscribe)  # reads JetStream, not the devices
+    # the alert feed: ingest publishes it through the gateway, alerts reads it from its feed durable only
+    ingest = nats_policy.service_permissions("svc-ingest")
+    assert "mf.v1._cloud.committed" in ingest.publish
+    assert "mf.v1._cloud.committed" not in alerts.publish
+    assert "$JS.API.CONSUMER.MSG.NEXT.$MQTT_msgs.alerts-feed" in alerts.publish
+    assert not any("alerts-feed" in s for s in ingest.publish)
+    assert len(set(alerts.publish)) == len(alerts.publish)
     ota = nats_policy.service_permissions("svc-ota")
     assert ota.subscribe == () and ota.connection_types == ("MQTT",)
+    assert "mf.v1._cloud.committed" not in ota.publish
     with pytest.raises(nats_policy.NatsIdError):
         nats_policy.device_permissions("dev.a")  # the gateway refuses a '.' in a topic
     with pytest.raises(ValueError):
