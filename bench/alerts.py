@@ -12,6 +12,11 @@ Beside them, in the same run: the ceiling of a Python MQTT consumer on this mach
 subscriber fed by the same publisher, bench/_common.raw_broker_rate) and the CPU each process used per
 message (ingest, engine, broker, publisher, on 2 shared cores: what the offered rate costs).
 
+`--feed` (default `both`): MICROFLEET_ALERT_FEED of ingest and the engine, `uplinks` (the engine subscribes
+to device traffic itself), `committed` (the engine reads the batches ingest committed, one feed message per
+batch: docs/decisions/alert-feed.md), or both one after the other against the same broker and ceiling;
+`--ceiling-share 0.5` offers half the ceiling measured first (issue 13's goal is stated at >= 0.5 of it).
+
 Goal (issue 3): p99 < 250 ms at >= 5,000 messages/s, and the alert engine never the bottleneck: it must
 finish the traffic no later than ingest. The last line printed is one JSON object.
 """
@@ -146,17 +151,69 @@ def pct(values: list[float], q: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=5000.0, help="background messages per second")
+    ap.add_argument(
+        "--ceiling-share",
+        type=float,
+        default=0.0,
+        help="offer this share of the bare-consumer ceiling measured first (e.g. 0.5), instead of --rate",
+    )
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--trigger-every", type=float, default=0.1)
     ap.add_argument("--engines", type=int, default=1, help="alert engine processes (one shared group)")
+    ap.add_argument(
+        "--feed",
+        choices=("uplinks", "committed", "both"),
+        default="both",
+        help="MICROFLEET_ALERT_FEED of ingest and the engine; both: one after the other in this run",
+    )
     a = ap.parse_args()
-    devices = max(1, int(a.rate * a.seconds / 49))  # 7 sessions x 7 messages per device
-    traffic = fleet_traffic(devices, 7, prefix="bg")
-    background = traffic.messages[: int(a.rate * a.seconds)]
     broker = Mosquitto()
     broker.start()
-    ceiling = raw_broker_rate(broker.port, broker.url, background[: min(len(background), 20_000)])
-    print(f"ceiling: a bare paho subscriber receives {ceiling:,.0f} msg/s from this broker on this machine")
+    try:
+        probe = fleet_traffic(max(1, 20_000 // 49), 7, prefix="bg").messages[:20_000]
+        ceiling = raw_broker_rate(broker.port, broker.url, probe)
+        print(
+            f"ceiling: a bare paho subscriber receives {ceiling:,.0f} msg/s from this broker on this machine"
+        )
+        if a.ceiling_share > 0:
+            a.rate = round(a.ceiling_share * ceiling, -1)
+            print(f"offering {a.rate:,.0f} msg/s: {a.ceiling_share} of that ceiling")
+        devices = max(1, int(a.rate * a.seconds / 49))  # 7 sessions x 7 messages per device
+        background = fleet_traffic(devices, 7, prefix="bg").messages[: int(a.rate * a.seconds)]
+        feeds = ("uplinks", "committed") if a.feed == "both" else (a.feed,)
+        results = {}
+        for k, feed in enumerate(feeds):
+            print(f"--- MICROFLEET_ALERT_FEED={feed}")
+            results[feed] = measure(a, broker, ceiling, background, feed, run=k)
+    finally:
+        broker.close()
+    if len(results) == 2:
+        u, c = results["uplinks"], results["committed"]
+        print(
+            "committed vs uplinks: notice p99 "
+            f"{c['p99_ms']} vs {u['p99_ms']} ms, engine CPU {c['cpu_us_per_msg']['engine']} vs "
+            f"{u['cpu_us_per_msg']['engine']} us per message, broker CPU {c['cpu_us_per_msg']['broker']} vs "
+            f"{u['cpu_us_per_msg']['broker']} us, ingest CPU {c['cpu_us_per_msg']['ingest']} vs "
+            f"{u['cpu_us_per_msg']['ingest']} us, at {c['rate_msgs'] / ceiling:.2f} / "
+            f"{u['rate_msgs'] / ceiling:.2f} of the ceiling"
+        )
+    out: dict[str, Any] = {"broker_ceiling_msgs": round(ceiling, 1), "offered_rate_msgs": a.rate}
+    if len(results) == 1:
+        out.update(next(iter(results.values())))
+    else:
+        out.update(results)
+    print(json.dumps(out))
+
+
+def measure(
+    a: argparse.Namespace,
+    broker: Mosquitto,
+    ceiling: float,
+    background: list[Message],
+    feed: str,
+    run: int = 0,
+) -> dict[str, Any]:
+    """One run of ingest and the engine(s) in `feed` mode on `broker` and a scratch database."""
     notices: dict[str, float] = {}
     committed: dict[str, float] = {}
     procs: list[Proc] = []
@@ -168,10 +225,11 @@ def main() -> None:
                 "MICROFLEET_MQTT_URL": broker.url,
                 "MICROFLEET_ALERT_QUIET_START": "00:00",
                 "MICROFLEET_ALERT_QUIET_END": "00:00",
+                "MICROFLEET_ALERT_FEED": feed,
             }
-            ingest = Proc(["cloud.ingest", "--consumer-id", "bench-ingest", "--no-housekeeping"], env)
+            ingest = Proc(["cloud.ingest", "--consumer-id", f"bench-ingest-{run}", "--no-housekeeping"], env)
             engines = [
-                Proc(["cloud.alerts", "run", "--no-gate", "--consumer-id", f"bench-alerts-{k}"], env)
+                Proc(["cloud.alerts", "run", "--no-gate", "--consumer-id", f"bench-alerts-{run}-{k}"], env)
                 for k in range(a.engines)
             ]
             procs += [ingest, *engines]
@@ -181,7 +239,9 @@ def main() -> None:
                 what="consumers subscribed",
             )
 
-            sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-device", protocol=mqtt.MQTTv5)
+            sub = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=f"bench-device-{run}", protocol=mqtt.MQTTv5
+            )
             ready = threading.Event()
             sub.on_subscribe = lambda *_a: ready.set()
             sub.on_connect = lambda c, *_a: c.subscribe(topics.PREFIX + "/+/down/notice", qos=1)
@@ -265,14 +325,15 @@ def main() -> None:
             if p.proc.poll() is None:
                 p.proc.kill()
                 p.proc.wait(10)
-        broker.close()
     commit_ms = [1000 * (committed[d] - s) for d, s in sent.items() if d in committed]
     notice_ms = [1000 * (notices[d] - s) for d, s in sent.items() if d in notices]
     cpu["publisher"] = report["cpu_s"]
     cpu_us = {k: round(1e6 * v / total, 1) for k, v in cpu.items()}
     result = {
+        "feed": feed,
         "offered_rate_msgs": a.rate,
         "broker_ceiling_msgs": round(ceiling, 1),
+        "rate_of_ceiling": round(total / report["publish_s"] / ceiling, 2),
         "rate_msgs": round(total / report["publish_s"], 1),
         "ingest_rate_msgs": round(total / ingest_s, 1),
         "alerts_rate_msgs": round(total / alerts_s, 1),
@@ -319,7 +380,7 @@ def main() -> None:
     t_first = min(sent.values(), default=0.0)
     worst = sorted(((notices[d] - s, s - t_first) for d, s in sent.items() if d in notices), reverse=True)[:5]
     print("slowest notices: " + ", ".join(f"{1000 * w:.0f} ms (sent at +{at:.1f} s)" for w, at in worst))
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":
