@@ -50,7 +50,7 @@ test: venv services  ## static checks, each extra alone, the whole suite (pytest
 	@scripts/check-extras
 	@# CI retries a failed test once (-p rerunfailures): a retried test is listed as RERUN in the summary, so a
 	@# flaky test is reported and fixed, not hidden; a test that fails twice fails the build.
-	@rc=0; $(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --durations=15 $(if $(CI),--reruns 1 --reruns-delay 1,) $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; $(VENV)/bin/pytest -q -rfEsR -n $(PYTEST_WORKERS) --durations=15 $(if $(CI),--reruns 1 --reruns-delay 1,) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc = 5 ]; then echo "make test: pytest collected no tests: that is a failure" >&2; fi; \
 	exit $$rc
 	@# The compose stack for real (issue 15: Podman, images built here, load test with a broker restart and an
