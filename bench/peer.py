@@ -21,7 +21,8 @@ SIGCONT; the clock runs from the release), each phase on a fresh private mosquit
 configuration) and truncated tables of one scratch database. Loss is counted from the database (every
 sample exactly once: the count against the primary key). Consumer CPU is read from /proc/<pid>/stat, and
 apart from it the CPU of the consumer's PostgreSQL backends. Ceilings of the same run: a bare paho
-subscriber (the publisher child -> mosquitto -> paho, QoS 1) and binary COPY into both tables.
+subscriber (the publisher child -> mosquitto -> paho, QoS 1) and binary COPY into both tables; microfleet's
+messages per CPU second (messages/s per core) are printed next to the bare subscriber's network thread's.
 The last printed line is one JSON object with the ratios microfleet / Node-RED.
 """
 
