@@ -14,13 +14,17 @@ __all__ = ["AckToken", "Consumer", "OnMessage"]
 
 
 def uplink_filters(group: str, kinds: Sequence[topics.Uplink] | None) -> tuple[list[str], list[str]]:
-    """(the group's shared filters for `kinds` or every uplink, the other filters a session may hold)."""
+    """(the group's shared filters for `kinds` or every uplink, the other filters a session may hold).
+
+    The stale ones include the group's share of the alert feed (topics.COMMITTED_FEED): an engine that ran
+    with MICROFLEET_ALERT_FEED=committed and comes back in uplinks mode under the same client id would
+    otherwise keep receiving ingest's batches in its persisted session (and ingest keep feeding it)."""
     wanted = (
         [topics.shared(group, topics.uplink_filter(k)) for k in kinds]
         if kinds
         else [topics.shared(group, topics.uplink_filter())]
     )
-    every = [topics.uplink_filter(), *(topics.uplink_filter(k) for k in topics.Uplink)]
+    every = [topics.uplink_filter(), *(topics.uplink_filter(k) for k in topics.Uplink), topics.COMMITTED_FEED]
     stale = [topics.shared(group, f) for f in every if topics.shared(group, f) not in wanted]
     return wanted, stale
 
