@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
@@ -23,6 +24,7 @@ import typer
 from cloud.runtime.jetstream import (
     DEFAULT_ACK_WAIT_S,
     DEFAULT_MAX_ACK_PENDING,
+    MQTT_STREAM,
     DurableSpec,
     ensure_durable,
     redact_urls,
@@ -33,8 +35,55 @@ app = typer.Typer(no_args_is_help=True, help="The NATS JetStream tier: set up it
 
 SETUP_TIMEOUT_S = 60.0
 # ingest's and the alert engine's (MICROFLEET_INGEST_GROUP, MICROFLEET_ALERT_GROUP): each service reads
-# every uplink from its own durable; the processes of one service share theirs
+# from its own durable; the processes of one service share theirs
 DEFAULT_DURABLES = ("ingest", "alerts")
+FEEDS = ("uplinks", "committed")  # cloud.config.ALERT_FEEDS
+
+
+def feed_durable(alert_group: str) -> str:
+    """The name of the engine's durable on the alert feed (cloud.alerts.feed_source)."""
+    from cloud.alerts.feed_source import FEED_DURABLE_SUFFIX
+
+    return alert_group + FEED_DURABLE_SUFFIX
+
+
+def durable_spec(name: str, *, max_ack_pending: int, ack_wait_s: float) -> DurableSpec:
+    """A durable on device uplinks, or on the alert feed when its name ends in `-feed`."""
+    from cloud.alerts.feed_source import FEED_DURABLE_SUFFIX, feed_subject
+
+    if name.endswith(FEED_DURABLE_SUFFIX):
+        return DurableSpec(
+            name=name, filter_subject=feed_subject(), max_ack_pending=max_ack_pending, ack_wait_s=ack_wait_s
+        )
+    return DurableSpec(name=name, max_ack_pending=max_ack_pending, ack_wait_s=ack_wait_s)
+
+
+def plan(
+    feed: str, *, ingest_group: str = "ingest", alert_group: str = "alerts"
+) -> tuple[list[str], list[str]]:
+    """(the durables `feed` mode reads, the other mode's alert durable that must not linger)."""
+    if feed not in FEEDS:
+        raise ValueError(f"feed {feed!r}: use {' or '.join(FEEDS)}")
+    uplinks, committed = alert_group, feed_durable(alert_group)
+    if feed == "committed":
+        return [ingest_group, committed], [uplinks]
+    return [ingest_group, uplinks], [committed]
+
+
+async def retire(js: Any, stream: str, name: str, *, delete: bool) -> str | None:
+    """The state of a durable of the other feed mode: None when it does not exist, else what it holds
+    ("N pending, M unacknowledged") and whether it was deleted."""
+    from nats.js.errors import NotFoundError
+
+    try:
+        info = await js.consumer_info(stream, name)
+    except NotFoundError:
+        return None
+    held = f"{info.num_pending or 0} pending, {info.num_ack_pending or 0} unacknowledged"
+    if not delete:
+        return f"left: {held}"
+    await js.delete_consumer(stream, name)
+    return f"deleted ({held} dropped)"
 
 
 def make_streams(mqtt_url: str, timeout_s: float) -> None:
@@ -57,8 +106,12 @@ async def setup(
     mqtt_url: str | None,
     update: bool = False,
     timeout_s: float = SETUP_TIMEOUT_S,
+    other: Sequence[str] = (),
+    delete_other: bool = False,
 ) -> dict[str, str]:
-    """Create (or with `update` reconfigure) each durable; returns name -> created/exists/updated."""
+    """Create (or with `update` reconfigure) each durable; returns name -> created/exists/updated, and for
+    each durable named in `other` that exists (another feed mode's) name -> "left: ..." or "deleted ..."
+    (`delete_other`)."""
     import nats
     from nats.js.errors import NotFoundError
 
@@ -88,6 +141,12 @@ async def setup(
                 if time.monotonic() >= deadline:
                     raise RuntimeError(f"stream {spec.stream} did not appear within {timeout_s:.0f} s")
                 await asyncio.sleep(0.2)
+        for name in other:
+            if name in outcomes:
+                continue
+            state = await retire(js, specs[0].stream if specs else MQTT_STREAM, name, delete=delete_other)
+            if state is not None:
+                outcomes[name] = state
         return outcomes
     finally:
         await nc.close()
@@ -102,13 +161,31 @@ def setup_command(
         str | None,
         typer.Option(envvar="MICROFLEET_MQTT_URL", help="The MQTT gateway (to make its streams exist)."),
     ] = None,
+    feed: Annotated[
+        str,
+        typer.Option(
+            envvar="MICROFLEET_ALERT_FEED",
+            help="The alert feed mode ingest and the engine run: uplinks (durables ingest + alerts) or "
+            "committed (ingest + alerts-feed).",
+        ),
+    ] = "uplinks",
+    ingest_group: Annotated[str, typer.Option(envvar="MICROFLEET_INGEST_GROUP")] = "ingest",
+    alert_group: Annotated[str, typer.Option(envvar="MICROFLEET_ALERT_GROUP")] = "alerts",
     durable: Annotated[
         list[str] | None,
         typer.Option(
-            help="Durable to create (repeat). Default: ingest and alerts. Create only those a service "
-            "reads: `$MQTT_msgs` keeps each message until every durable acknowledged it."
+            help="Durable to create (repeat; a name ending in -feed reads the alert feed). Default: those "
+            "of --feed. Create only those a service reads: `$MQTT_msgs` keeps each message until every "
+            "durable acknowledged it."
         ),
     ] = None,
+    delete_other: Annotated[
+        bool,
+        typer.Option(
+            help="Delete the other feed mode's alert durable if it exists (what it held unread is not "
+            "evaluated). Without it, setup only warns."
+        ),
+    ] = False,
     max_ack_pending: Annotated[
         int, typer.Option(min=1, help="Unacknowledged messages per durable, all processes together.")
     ] = DEFAULT_MAX_ACK_PENDING,
@@ -123,16 +200,36 @@ def setup_command(
         split_urls(url)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    specs = [
-        DurableSpec(name=name, max_ack_pending=max_ack_pending, ack_wait_s=ack_wait_s)
-        for name in (durable or list(DEFAULT_DURABLES))
-    ]
+    try:
+        wanted, other = plan(feed.strip().lower(), ingest_group=ingest_group, alert_group=alert_group)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--feed") from None
+    names = durable or wanted
+    other = [o for o in other if o not in names]
+    specs = [durable_spec(name, max_ack_pending=max_ack_pending, ack_wait_s=ack_wait_s) for name in names]
     try:
         outcomes: dict[str, Any] = asyncio.run(
-            setup(url, specs, mqtt_url=mqtt_url, update=update, timeout_s=timeout_s)
+            setup(
+                url,
+                specs,
+                mqtt_url=mqtt_url,
+                update=update,
+                timeout_s=timeout_s,
+                other=other,
+                delete_other=delete_other,
+            )
         )
     except (RuntimeError, OSError, TimeoutError) as exc:
         typer.echo(f"nats setup at {redact_urls(url)} failed: {exc}", err=True)
         raise typer.Exit(1) from None
     for name, outcome in outcomes.items():
-        typer.echo(f"durable {name} on {specs[0].stream}: {outcome}")
+        if name in other:
+            if outcome.startswith("left"):
+                typer.echo(
+                    f"warning: durable {name} on {MQTT_STREAM} is not read in {feed} mode and holds what "
+                    f"its filter covers until deleted ({outcome}); --delete-other deletes it",
+                    err=True,
+                )
+            typer.echo(f"durable {name} on {MQTT_STREAM} (not read in {feed} mode): {outcome}")
+        else:
+            typer.echo(f"durable {name} on {MQTT_STREAM}: {outcome}")

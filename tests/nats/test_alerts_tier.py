@@ -7,6 +7,9 @@ today): rule O5 (days of use per week) raises its alert from that traffic, the e
 through another node's gateway, the agent shows it and the user acknowledges it: the NOTICE_ACK event
 goes up through the gateway, JetStream and the engine's durable, and lands in the notice's row. Ingest
 stored every session meanwhile and its commit marks emptied the outbox: each durable got every message.
+
+`o5_through_the_tier` runs the scenario in either alert feed mode (MICROFLEET_ALERT_FEED on setup, ingest
+and the engine); tests/nats/test_alert_feed_tier.py runs it in committed mode.
 """
 
 from __future__ import annotations
@@ -49,8 +52,10 @@ DEVICE = "nats-alert-01"
 class AlertEngine:
     """One real `python -m cloud.alerts run` process on the NATS tier."""
 
-    def __init__(self, dsn: str, nats_url: str, gateway: str, logdir: Path) -> None:
+    def __init__(self, dsn: str, nats_url: str, gateway: str, logdir: Path, feed: str = "uplinks") -> None:
         self.log = logdir / "alerts-1.log"
+        # the durable it reads: its own on device traffic, or the alert feed's (cloud.alerts.feed_source)
+        self.durable = "alerts" if feed == "uplinks" else "alerts-feed"
         env = {
             **os.environ,
             "MICROFLEET_DATABASE_URL": dsn,
@@ -59,6 +64,7 @@ class AlertEngine:
             "MICROFLEET_ALERT_QUIET_START": "00:00",  # no quiet hours: the notice goes out at once
             "MICROFLEET_ALERT_QUIET_END": "00:00",
             "MICROFLEET_ALERT_BATCH_MAX_DELAY_S": "0.02",
+            "MICROFLEET_ALERT_FEED": feed,
             "PYTHONPATH": str(ROOT),
         }
         with open(self.log, "ab") as out:
@@ -71,7 +77,7 @@ class AlertEngine:
 
     def wait_subscribed(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
-        while "alerts-1 subscribed to $MQTT_msgs durable alerts" not in self.log.read_text():
+        while f"alerts-1 subscribed to $MQTT_msgs durable {self.durable} (" not in self.log.read_text():
             assert self.proc.poll() is None, f"alerts run exited:\n{self.log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"alerts run did not subscribe:\n{self.log.read_text()}"
             time.sleep(0.05)
@@ -92,7 +98,8 @@ def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
         yield c
 
 
-def nats_setup(cluster: NatsCluster) -> str:
+def nats_setup(cluster: NatsCluster, feed: str = "uplinks") -> str:
+    """`microfleet nats setup` as a deployment runs it, the feed mode from MICROFLEET_ALERT_FEED."""
     out = subprocess.run(
         [
             sys.executable,
@@ -109,6 +116,7 @@ def nats_setup(cluster: NatsCluster) -> str:
         text=True,
         timeout=60,
         cwd=ROOT,
+        env={**os.environ, "MICROFLEET_ALERT_FEED": feed},
     )
     assert out.returncode == 0, out.stderr
     return out.stdout
@@ -117,15 +125,25 @@ def nats_setup(cluster: NatsCluster) -> str:
 async def test_an_alert_from_agent_traffic_reaches_the_agent_through_the_gateway(
     cluster: NatsCluster, tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    migrate(database_url)
-    out = await asyncio.to_thread(nats_setup, cluster)
+    out = await o5_through_the_tier(cluster, tmp_path, database_url, monkeypatch, feed="uplinks")
     assert "durable ingest on $MQTT_msgs: created" in out
     assert "durable alerts on $MQTT_msgs: created" in out
+    assert "alerts-feed" not in out
+
+
+async def o5_through_the_tier(
+    cluster: NatsCluster, tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch, *, feed: str
+) -> str:
+    """The module's scenario with MICROFLEET_ALERT_FEED=`feed` on setup, ingest and the engine; both
+    processes stopped cleanly at the end. Returns setup's output."""
+    migrate(database_url)
+    out = await asyncio.to_thread(nats_setup, cluster, feed)
 
     urls = ",".join(cluster.nats_urls())
     monkeypatch.setenv("MICROFLEET_NATS_URL", urls)  # read by the ingest processes Ingest starts
+    monkeypatch.setenv("MICROFLEET_ALERT_FEED", feed)
     ingest = Ingest(database_url, cluster.mqtt_url(0), tmp_path)  # marks through node 0's gateway
-    engine = AlertEngine(database_url, urls, cluster.mqtt_url(1), tmp_path)  # notices through node 1's
+    engine = AlertEngine(database_url, urls, cluster.mqtt_url(1), tmp_path, feed)  # notices via node 1
     try:
         ingest.start(1)
         await asyncio.to_thread(ingest.wait_subscribed, 1)
@@ -185,7 +203,7 @@ async def test_an_alert_from_agent_traffic_reaches_the_agent_through_the_gateway
         assert acked is not None
         sessions = query(database_url, "select count(*) from sessions where device_id = %s", DEVICE)
         assert sessions[0][0] == DAYS  # ingest got every session from its own durable
-        assert "durable alerts" in engine.log.read_text()
+        assert f"durable {engine.durable} (" in engine.log.read_text()
     except BaseException:
         print(ingest.logs())
         with contextlib.suppress(OSError):
@@ -194,3 +212,4 @@ async def test_an_alert_from_agent_traffic_reaches_the_agent_through_the_gateway
     finally:
         ingest.close()
         engine.close()
+    return out
