@@ -106,6 +106,8 @@ def test_cluster_services_point_at_the_tier() -> None:
         assert svc["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
     assert services["ingest-cluster"]["environment"]["MICROFLEET_INGEST_GROUP"] == "ingest"
     assert services["alerts-cluster"]["environment"]["MICROFLEET_ALERT_GROUP"] == "alerts"
+    for name in ("nats-setup", "ingest-cluster", "alerts-cluster"):  # one feed mode, its durables
+        assert services[name]["environment"]["MICROFLEET_ALERT_FEED"] == "committed", name
     sim = services["simulator-cluster"]
     urls(sim["environment"]["MICROFLEET_MQTT_URL"], "mqtt", "svc-simulator", 1883)
     assert sim["environment"]["MICROFLEET_EDGE_MQTT_VERSION"] == "3.1.1"
