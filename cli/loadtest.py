@@ -101,6 +101,8 @@ class LoadReport:
     processes: list[dict[str, Any]] = field(default_factory=list)
     tier: dict[str, Any] = field(default_factory=dict)  # cli/loadtest_tier.describe_tier
     drained: bool = True  # every outbox emptied by the cloud's commit marks within `settle`
+    outbox_left: int = 0  # rows still in the devices' outboxes at the end (no commit mark covered them)
+    undrained: list[str] = field(default_factory=list)  # the devices they are on (first 50)
 
     @property
     def ok(self) -> bool:
@@ -220,6 +222,7 @@ async def run_loadtest(
             held = time.monotonic() - t0
             expected_next = fleet.next_seqs()
             stats = fleet.stats()
+            undrained = sorted(a.config.device_id for a in fleet.agents if a.outbox.depth)
             expected_alerts = {d: p.expected for d, p in fleet.personas.items()}
             # wait (bounded) until the cloud has committed everything the broker acknowledged
             deadline = time.monotonic() + settle_s
@@ -238,7 +241,7 @@ async def run_loadtest(
         stored_msgs = stored_data_messages(conn, first)
         raised = raised_alerts(conn, prefix)
     if nats_url:
-        tier["jetstream"] = await jetstream_state(nats_url)
+        tier["jetstream"] = await jetstream_state(nats_url, settle_s=min(settle_s, 10.0))
     n_samples = int(samples_stored[0]) if samples_stored else 0
     return LoadReport(
         devices=scenario.devices,
@@ -266,6 +269,8 @@ async def run_loadtest(
         processes=watch.report(),
         tier=tier,
         drained=drained[0],
+        outbox_left=stats.outbox_depth,
+        undrained=undrained[:50],
     )
 
 
@@ -289,7 +294,9 @@ def report_table(r: LoadReport) -> Table:
     ]
     durables = (r.tier.get("jetstream") or {}).get("durables") or {}
     rows += [(f"durable {name}", durable_text(name, d)) for name, d in durables.items()]
-    rows.append(("outboxes drained (committed)", "yes" if r.drained else "[red]no[/]"))
+    some = ", ".join(r.undrained[:5]) + (" ..." if len(r.undrained) > 5 else "")
+    drained = "yes" if r.drained else f"[red]no: {r.outbox_left} rows left on {some}[/]"
+    rows.append(("outboxes drained (committed)", drained))
     rows += [
         (f"process {p['pid']} {p['name']}", f"{p['cpu_pct']} % cpu, {p['rss_mb']:.0f} MB")
         for p in r.processes

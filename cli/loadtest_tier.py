@@ -3,9 +3,12 @@
 The devices speak MQTT either way: to one mosquitto (MQTT 5 by default) or to the MQTT gateways of a
 NATS cluster (MQTT 3.1.1, several comma-separated URLs; docs/decisions/nats-tier.md). Given the cluster's
 `MICROFLEET_NATS_URL`, the report reads after the run: the server's version, `$MQTT_msgs` (replicas,
-leader, messages kept) and every durable on it (pending: not yet delivered to its service; unacked:
-delivered and not acknowledged; redelivered). A message lost by the load test is found there when the
-service behind a durable is not consuming.
+leader, messages kept) and the services' durables on it: the pull consumers `microfleet nats setup` made
+(pending: not yet delivered to its service; unacked: delivered and not acknowledged; redelivered). The
+gateway's own push consumers (one per MQTT session's subscription) are only counted. A message the load
+test lost is found there when the service behind a durable is not consuming. The devices' offline
+statuses (their wills, published as the fleet closes) are still on their way then: the state is read
+again until no durable holds anything, for up to `settle_s`.
 """
 
 from __future__ import annotations
@@ -50,9 +53,13 @@ def durable_text(name: str, d: dict[str, int]) -> str:
     return f"{d['pending']} pending, {d['unacked']} unacked, {d['redelivered']} redelivered"
 
 
-async def jetstream_state(nats_url: str) -> dict[str, Any]:
-    """The server's version, `$MQTT_msgs` and its durables; {"error": ...} when it cannot be read (the
-    report says so rather than failing a run whose figures come from the database)."""
+async def jetstream_state(nats_url: str, settle_s: float = 0.0) -> dict[str, Any]:
+    """The server's version, `$MQTT_msgs` and its durables, read until no durable holds anything (at most
+    `settle_s`); {"error": ...} when it cannot be read (the report says so rather than failing a run whose
+    figures come from the database)."""
+    import asyncio
+    import time
+
     import nats
 
     try:
@@ -63,24 +70,33 @@ async def jetstream_state(nats_url: str) -> dict[str, Any]:
         return {"error": f"connect: {exc!r}"}
     try:
         js = nc.jetstream(timeout=JETSTREAM_TIMEOUT_S)
-        info = await js.stream_info(MQTT_STREAM)
-        consumers = await js.consumers_info(MQTT_STREAM)
-        return {
-            "server_version": nc.connected_server_version and str(nc.connected_server_version),
-            "stream": {
-                "replicas": info.config.num_replicas,
-                "leader": info.cluster.leader if info.cluster else None,
-                "messages": info.state.messages,
-            },
-            "durables": {
+        deadline = time.monotonic() + settle_s
+        while True:
+            info = await js.stream_info(MQTT_STREAM)
+            consumers = await js.consumers_info(MQTT_STREAM)
+            durables = {
                 c.name: {
                     "pending": int(c.num_pending or 0),
                     "unacked": int(c.num_ack_pending or 0),
                     "redelivered": int(c.num_redelivered or 0),
                 }
                 for c in sorted(consumers, key=lambda c: c.name)
-                if c.config.durable_name
+                if c.config.durable_name and not c.config.deliver_subject  # pull: a service's
+            }
+            held = any(d["pending"] or d["unacked"] for d in durables.values())
+            if not held or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.5)
+        version = nc.connected_server_version
+        return {
+            "server_version": f"{version.major}.{version.minor}.{version.patch}" if version else None,
+            "stream": {
+                "replicas": info.config.num_replicas,
+                "leader": info.cluster.leader if info.cluster else None,
+                "messages": info.state.messages,
             },
+            "durables": durables,
+            "gateway_consumers": len(consumers) - len(durables),
         }
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         return {"error": f"{MQTT_STREAM}: {exc!r}"}

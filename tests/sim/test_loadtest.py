@@ -19,10 +19,12 @@ from cli.loadtest import (
     missing_alerts,
     run_loadtest,
 )
+from cli.loadtest_tier import describe_tier, tier_text
 from cli.main import app
 from cloud.config import CloudConfig
 from cloud.db.migrate import migrate
 from cloud.ingest.service import IngestService
+from simulators.fleet import Fleet, FleetConfig, rotate_urls
 from simulators.scenario import Scenario
 from tests.support.services import Mosquitto
 
@@ -116,3 +118,35 @@ def test_figures_from_no_samples_say_so() -> None:
     assert latency_text(empty) == "n/a (no samples)"
     some = latency_figures((10.0, 20.0, 30.0, 40.0), 7)
     assert some["n"] == 7 and latency_text(some) == "10.0 / 20.0 / 30.0 / 40.0 (7 messages)"
+
+
+def test_devices_spread_over_the_gateways_of_a_cluster(tmp_path: Path) -> None:
+    assert rotate_urls("mqtt://a:1,mqtt://b:2,mqtt://c:3", 4) == "mqtt://b:2,mqtt://c:3,mqtt://a:1"
+    assert rotate_urls("mqtt://a:1", 7) == "mqtt://a:1"
+    urls = "mqtt://{device_id}:pw@a:1,mqtt://{device_id}:pw@b:2,mqtt://{device_id}:pw@c:3"
+    spread = Fleet(FleetConfig(_scenario(4), urls, tmp_path, spread_brokers=True))
+    firsts = [spread._edge_config(i).mqtt_urls[0] for i in range(4)]
+    assert firsts == [
+        "mqtt://lt-00000:pw@a:1",
+        "mqtt://lt-00001:pw@b:2",
+        "mqtt://lt-00002:pw@c:3",
+        "mqtt://lt-00003:pw@a:1",
+    ]
+    assert spread._edge_config(1).mqtt_urls[1:] == ("mqtt://lt-00001:pw@c:3", "mqtt://lt-00001:pw@a:1")
+    same = Fleet(FleetConfig(_scenario(4), urls, tmp_path))  # microfleet sim: every device starts at a
+    assert {same._edge_config(i).mqtt_urls[0].split("@")[1] for i in range(4)} == {"a:1"}
+
+
+def test_the_report_names_the_tier() -> None:
+    mosq = describe_tier("mqtt://u:secret@h:1883", "5", None)
+    assert mosq["tier"] == "mqtt" and "secret" not in str(mosq)
+    assert tier_text(mosq) == "MQTT broker (MQTT 5 via 1 gateway: mqtt://u:***@h:1883)"
+    nats = describe_tier("mqtt://a:1,mqtt://b:2,mqtt://c:3", "3.1.1", "nats://a:4222,nats://b:4222")
+    assert nats["tier"] == "nats" and nats["brokers"] == ["mqtt://a:1", "mqtt://b:2", "mqtt://c:3"]
+    nats["jetstream"] = {"server_version": "2.9.10", "stream": {"replicas": 3, "leader": "n1", "messages": 0}}
+    assert (
+        tier_text(nats)
+        == "NATS JetStream, nats-server 2.9.10 (MQTT 3.1.1 via 3 gateways); $MQTT_msgs R3, leader n1, 0 kept"
+    )
+    nats["jetstream"] = {"error": "connect: timeout"}
+    assert "state not read: connect: timeout" in tier_text(nats)
