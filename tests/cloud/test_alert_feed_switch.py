@@ -8,6 +8,7 @@ gets nothing, while device traffic still flows to it."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -44,9 +45,9 @@ def publish_feed(prod: ProductionBroker) -> Outcome:
     return outcome
 
 
-def wait_until(pred: object, timeout_s: float, what: str) -> None:
+def wait_until(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
-    while not pred():  # type: ignore[operator]
+    while not pred():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
 
