@@ -60,11 +60,12 @@ def test_an_engine_back_in_uplinks_mode_leaves_the_feed(prod: ProductionBroker, 
         engine_config(url, database_url, ENGINE_ID, feed="committed"), clock=Clock(NOON), gate=False
     )
     with committed:
-        assert isinstance(committed.consumer, FeedSource)
-        assert committed.consumer.subscribed_event.wait(10)
+        feed = committed.consumer
+        assert isinstance(feed, FeedSource)
+        assert feed.subscribed_event.wait(10)
         outcome = publish_feed(prod)
         assert outcome.matched, outcome  # the engine's share of the feed took it
-        wait_until(lambda: committed.consumer.batches == 1, 10, "the feed message")
+        wait_until(lambda: feed.batches == 1, 10, "the feed message")
     assert committed.cfg.leave_on_stop is False  # a stopped engine keeps its session (and subscriptions)
 
     uplinks = AlertService(
