@@ -34,9 +34,8 @@ from cloud.runtime.jetstream import (
 app = typer.Typer(no_args_is_help=True, help="The NATS JetStream tier: set up its durables.")
 
 SETUP_TIMEOUT_S = 60.0
-# ingest's and the alert engine's (MICROFLEET_INGEST_GROUP, MICROFLEET_ALERT_GROUP): each service reads
-# from its own durable; the processes of one service share theirs
-DEFAULT_DURABLES = ("ingest", "alerts")
+# each service (ingest, the alert engine) reads from its own durable; the processes of one service share
+# theirs (plan: which ones a feed mode needs)
 FEEDS = ("uplinks", "committed")  # cloud.config.ALERT_FEEDS
 
 
@@ -82,7 +81,10 @@ async def retire(js: Any, stream: str, name: str, *, delete: bool) -> str | None
     held = f"{info.num_pending or 0} pending, {info.num_ack_pending or 0} unacknowledged"
     if not delete:
         return f"left: {held}"
-    await js.delete_consumer(stream, name)
+    try:
+        await js.delete_consumer(stream, name)
+    except Exception as exc:  # noqa: BLE001 - refused (permissions) or no leader: said, never a traceback
+        return f"left: {held}; not deleted: {exc!r}"
     return f"deleted ({held} dropped)"
 
 
