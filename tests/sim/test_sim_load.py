@@ -8,36 +8,17 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from cli.compose_loadtest import expected_from_stored
 from cli.loadtest import loss_by_device, stored_seqs
-from cloud.config import CloudConfig
-from cloud.db.migrate import migrate
 from cloud.ingest.service import IngestService
 from tests.cloud.test_api_support import wait_for
 from tests.support.services import ROOT, Mosquitto
 
 DEVICES = 3
-
-
-@pytest.fixture
-def ingest(broker: Mosquitto, database_url: str) -> Iterator[IngestService]:
-    migrate(database_url)
-    cfg = CloudConfig.from_env(
-        {}, database_url=database_url, mqtt_url=broker.url, consumer_id="load-ingest", mark_delay_s=0.2
-    )
-    service = IngestService(cfg, housekeeping=False)
-    service.start()
-    try:
-        assert service.consumer.subscribed_event.wait(10)
-        yield service
-    finally:
-        service.stop()
 
 
 def _rows(dsn: str, sql: str) -> list[tuple[object, ...]]:

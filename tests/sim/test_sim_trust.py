@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,8 +14,6 @@ import msgspec
 import psycopg
 import pytest
 
-from cloud.config import CloudConfig
-from cloud.db.migrate import migrate
 from cloud.ingest.service import IngestService
 from contract.protocol import starter_protocol
 from contract.signing import SigningKey
@@ -25,21 +22,6 @@ from tests.cloud.test_api_support import wait_for
 from tests.support.services import ROOT, Mosquitto
 
 DEVICES = 3
-
-
-@pytest.fixture
-def ingest(broker: Mosquitto, database_url: str) -> Iterator[IngestService]:
-    migrate(database_url)
-    cfg = CloudConfig.from_env(
-        {}, database_url=database_url, mqtt_url=broker.url, consumer_id="trust-ingest", mark_delay_s=0.2
-    )
-    service = IngestService(cfg, housekeeping=False)
-    service.start()
-    try:
-        assert service.consumer.subscribed_event.wait(10)
-        yield service
-    finally:
-        service.stop()
 
 
 def microfleet(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
