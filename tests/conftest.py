@@ -26,6 +26,17 @@ def broker() -> Iterator[Mosquitto]:
         b.close()
 
 
+@pytest.fixture(scope="module")
+def module_broker() -> Iterator[Mosquitto]:
+    """One private mosquitto for every test of a module (the tests keep to their own device ids)."""
+    b = Mosquitto()
+    b.start()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
 @pytest.fixture
 def prod(tmp_path: Path) -> Iterator[ProductionBroker]:
     """The broker as compose runs it (tests/support/services.production_broker), with the service

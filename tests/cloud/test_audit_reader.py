@@ -40,18 +40,8 @@ def dsn() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def broker() -> Iterator[Mosquitto]:
-    b = Mosquitto()
-    b.start()
-    try:
-        yield b
-    finally:
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def api(dsn: str, broker: Mosquitto) -> Iterator[ApiServer]:
-    with serve(CloudConfig(database_url=dsn, mqtt_url=broker.url)) as server:
+def api(dsn: str, module_broker: Mosquitto) -> Iterator[ApiServer]:
+    with serve(CloudConfig(database_url=dsn, mqtt_url=module_broker.url)) as server:
         server.app.state.signing_key = SigningKey.generate()
         yield server
 

@@ -90,16 +90,6 @@ def dsn() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def module_broker() -> Iterator[Mosquitto]:
-    b = Mosquitto()
-    b.start()
-    try:
-        yield b
-    finally:
-        b.close()
-
-
-@pytest.fixture(scope="module")
 def key(tmp_path_factory: pytest.TempPathFactory) -> tuple[SigningKey, Path]:
     k = SigningKey.generate()
     path = tmp_path_factory.mktemp("keys") / "signing.pem"

@@ -38,16 +38,6 @@ def dsn() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def broker() -> Iterator[Mosquitto]:
-    b = Mosquitto()
-    b.start()
-    try:
-        yield b
-    finally:
-        b.close()
-
-
-@pytest.fixture(scope="module")
 def key(tmp_path_factory: pytest.TempPathFactory) -> tuple[SigningKey, Path]:
     k = SigningKey.generate()
     path = tmp_path_factory.mktemp("keys") / "signing.pem"
@@ -56,30 +46,30 @@ def key(tmp_path_factory: pytest.TempPathFactory) -> tuple[SigningKey, Path]:
 
 
 @pytest.fixture(scope="module")
-def env(dsn: str, broker: Mosquitto, key: tuple[SigningKey, Path]) -> dict[str, str]:
+def env(dsn: str, module_broker: Mosquitto, key: tuple[SigningKey, Path]) -> dict[str, str]:
     return {
         "MICROFLEET_DATABASE_URL": dsn,
-        "MICROFLEET_MQTT_URL": broker.url,
+        "MICROFLEET_MQTT_URL": module_broker.url,
         "MICROFLEET_SIGNING_KEY_FILE": str(key[1]),
     }
 
 
 @pytest.fixture(scope="module")
-def api(dsn: str, broker: Mosquitto, key: tuple[SigningKey, Path]) -> Iterator[ApiServer]:
-    with serve(CloudConfig(database_url=dsn, mqtt_url=broker.url)) as server:
+def api(dsn: str, module_broker: Mosquitto, key: tuple[SigningKey, Path]) -> Iterator[ApiServer]:
+    with serve(CloudConfig(database_url=dsn, mqtt_url=module_broker.url)) as server:
         server.app.include_router(protocols_api.router)
         server.app.state.signing_key = key[0]
         yield server
 
 
 def test_cli_publishing_the_same_file_again_is_a_resend(
-    tmp_path: Path, dsn: str, broker: Mosquitto, env: dict[str, str]
+    tmp_path: Path, dsn: str, module_broker: Mosquitto, env: dict[str, str]
 ) -> None:
     file = tmp_path / "p.json"
     file.write_bytes(msgspec.json.encode(protocol("resend-cli")))
     first = runner.invoke(app, ["publish", str(file), "--device", "dev-rs-1"], env=env)
     assert first.exit_code == 0, first.output
-    sent = retained(broker, "mf/v1/dev-rs-1/down/protocol")
+    sent = retained(module_broker, "mf/v1/dev-rs-1/down/protocol")
     again = runner.invoke(
         app, ["publish", str(file), "--device", "dev-rs-1", "--device", "dev-rs-2"], env=env
     )
@@ -87,8 +77,8 @@ def test_cli_publishing_the_same_file_again_is_a_resend(
     assert "resend-cli v1 published to 2 devices" in again.output
     assert "(version already stored: re-sent)" in again.output
     # the stored signed document is what goes out again: no second signature, byte for byte the same
-    assert retained(broker, "mf/v1/dev-rs-1/down/protocol") == sent
-    assert retained(broker, "mf/v1/dev-rs-2/down/protocol") == sent
+    assert retained(module_broker, "mf/v1/dev-rs-1/down/protocol") == sent
+    assert retained(module_broker, "mf/v1/dev-rs-2/down/protocol") == sent
     assert rows(dsn, "select count(*) from protocols where protocol_id = 'resend-cli'") == [(1,)]
     # the same content spelled differently (integers for floats, other key order) is the same document
     doc = msgspec.to_builtins(protocol("resend-cli"))
@@ -100,7 +90,7 @@ def test_cli_publishing_the_same_file_again_is_a_resend(
     changed = runner.invoke(app, ["publish", str(file), "--device", "dev-rs-1"], env=env)
     assert changed.exit_code == 1
     assert "already published with a different document: publish it as version 2" in changed.output
-    assert retained(broker, "mf/v1/dev-rs-1/down/protocol") == sent
+    assert retained(module_broker, "mf/v1/dev-rs-1/down/protocol") == sent
 
 
 def test_api_publishing_the_same_protocol_again_is_a_resend(api: ApiServer, dsn: str) -> None:
@@ -136,7 +126,7 @@ def blocked_fleet(dsn: str, prefix: str) -> None:
 
 
 def test_cli_push_skips_devices_with_a_blocked_safety_gate(
-    tmp_path: Path, dsn: str, broker: Mosquitto, env: dict[str, str]
+    tmp_path: Path, dsn: str, module_broker: Mosquitto, env: dict[str, str]
 ) -> None:
     blocked_fleet(dsn, "gcli")
     file = tmp_path / "p.json"
@@ -147,9 +137,9 @@ def test_cli_push_skips_devices_with_a_blocked_safety_gate(
     assert "SKIPPED gcli-gated: safety gate blocked" in r.output
     assert "SKIPPED gcli-preg: safety gate blocked" in r.output
     assert "pregnancy" not in r.output and "epilepsy" not in r.output  # health data stays out of ops' view
-    assert retained(broker, "mf/v1/gcli-ok/down/protocol") is not None
-    assert retained(broker, "mf/v1/gcli-preg/down/protocol") is None
-    assert retained(broker, "mf/v1/gcli-gated/down/protocol") is None
+    assert retained(module_broker, "mf/v1/gcli-ok/down/protocol") is not None
+    assert retained(module_broker, "mf/v1/gcli-preg/down/protocol") is None
+    assert retained(module_broker, "mf/v1/gcli-gated/down/protocol") is None
     assert rows(dsn, "select device_id from protocol_assignments where protocol_id = 'gate-cli'") == [
         ("gcli-ok",)
     ]
@@ -173,14 +163,14 @@ def test_cli_push_skips_devices_with_a_blocked_safety_gate(
     )
     assert forced.exit_code == 0, forced.output
     assert "OVERRIDDEN gcli-preg" in forced.output
-    assert retained(broker, "mf/v1/gcli-preg/down/protocol") is not None
+    assert retained(module_broker, "mf/v1/gcli-preg/down/protocol") is not None
     assert rows(dsn, "select device_id, protocol_id, reason, by_whom from protocol_gate_overrides") == [
         ("gcli-preg", "gate-cli", "OB approval", "dr-o")
     ]
 
 
 def test_api_push_skips_blocked_devices_and_an_override_needs_admin(
-    api: ApiServer, dsn: str, broker: Mosquitto
+    api: ApiServer, dsn: str, module_broker: Mosquitto
 ) -> None:
     blocked_fleet(dsn, "gapi")
     keys = mint_all(dsn)
@@ -189,7 +179,7 @@ def test_api_push_skips_blocked_devices_and_an_override_needs_admin(
         r = http.post("/protocols", json=body)
         assert r.status_code == 201, r.text
         assert (r.json()["devices"], r.json()["skipped_blocked"]) == (1, ["gapi-gated", "gapi-preg"])
-        assert retained(broker, "mf/v1/gapi-preg/down/protocol") is None
+        assert retained(module_broker, "mf/v1/gapi-preg/down/protocol") is None
         only = http.post("/protocols", json={**body, "to_tags": [], "devices": ["gapi-gated"]})
         assert only.status_code == 409 and "blocked safety gate" in only.json()["detail"]
         override = {**body, "override_safety_gate": "dermatologist approved"}
@@ -199,7 +189,7 @@ def test_api_push_skips_blocked_devices_and_an_override_needs_admin(
         assert r.status_code == 201, r.text
         assert (r.json()["devices"], r.json()["skipped_blocked"]) == (3, [])
         assert r.json()["gate_overridden"] == ["gapi-gated", "gapi-preg"]
-    assert retained(broker, "mf/v1/gapi-preg/down/protocol") is not None
+    assert retained(module_broker, "mf/v1/gapi-preg/down/protocol") is not None
     assert rows(
         dsn,
         "select device_id, by_whom from protocol_gate_overrides where protocol_id = 'gate-api' order by 1",
