@@ -27,6 +27,18 @@ keys_app = typer.Typer(no_args_is_help=True, help="Ed25519 signing keys for prot
 console = Console(stderr=True)
 
 
+def password_from_env(name: str | None) -> str | None:
+    """The password in environment variable `name` (a `--password-env` option), None without the option;
+    exit 2 when the variable is unset or empty (a service must not get a generated password by mistake)."""
+    if not name:
+        return None
+    password = os.environ.get(name)
+    if not password:
+        console.print(f"[red]{name} is not set[/]")
+        raise typer.Exit(2)
+    return password
+
+
 def _admin() -> tuple[CloudConfig, DynsecClient]:
     from cloud.identity.dynsec import DynsecClient
     from contract.mqtturl import parse_mqtt_url
@@ -82,12 +94,7 @@ def service(
             console.print(f"[red]{exc}[/]")
             raise typer.Exit(2) from None
 
-    password = None
-    if password_env:
-        password = os.environ.get(password_env)
-        if not password:
-            console.print(f"[red]{password_env} is not set[/]")
-            raise typer.Exit(2)
+    password = password_from_env(password_env)
     config, admin = _admin()
     with admin:
         try:

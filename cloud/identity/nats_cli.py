@@ -8,7 +8,6 @@ with `docker compose kill -s HUP nats-1 nats-2 nats-3` (deploy/README.md, "Clust
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -104,14 +103,10 @@ def service(
 ) -> None:
     """Create or update a service user with its role's least rights. Never rename svc-ota: the gateway
     deletes retained messages whose publisher's user is gone."""
+    from cloud.identity.cli import password_from_env
     from cloud.identity.nats_users import NatsIdentities
 
-    password = None
-    if password_env:
-        password = os.environ.get(password_env)
-        if not password:
-            console.print(f"[red]{password_env} is not set[/]")
-            raise typer.Exit(2)
+    password = password_from_env(password_env)
     identities = NatsIdentities.load(store)
     try:
         secret = identities.provision_service(username, role, password)
