@@ -21,6 +21,24 @@ from tests.support.services import DYNSEC_PLUGINS, ROOT, free_port, wait_port
 ENTRYPOINT = ROOT / "deploy" / "mosquitto" / "entrypoint.sh"
 
 
+def entrypoint_env(
+    data: Path, certs: Path, plugin: str, run_conf: Path, port: int, tls_port: int, extra_conf: str
+) -> dict[str, str]:
+    """The environment compose gives deploy/mosquitto/entrypoint.sh, on this machine's folders and ports."""
+    return {
+        **os.environ,
+        "MOSQUITTO_CONF_DIR": str(ROOT / "deploy" / "mosquitto"),
+        "MOSQUITTO_DATA_DIR": str(data),
+        "MOSQUITTO_CERT_DIR": str(certs),
+        "MOSQUITTO_DYNSEC_PLUGIN": plugin,
+        "MOSQUITTO_RUN_CONF": str(run_conf),
+        "MQTT_PORT": str(port),
+        "MQTTS_PORT": str(tls_port),
+        "MQTT_ADMIN_PASSWORD": "compose-admin",
+        "MOSQUITTO_EXTRA_CONF": extra_conf,
+    }
+
+
 def test_entrypoint_secure_broker_with_service_identities(tmp_path: Path) -> None:
     plugin = next((p for p in DYNSEC_PLUGINS if Path(p).exists()), None)
     if plugin is None:
@@ -30,18 +48,9 @@ def test_entrypoint_secure_broker_with_service_identities(tmp_path: Path) -> Non
     data = tmp_path / "data"
     data.mkdir()
     port, tls_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "MOSQUITTO_CONF_DIR": str(ROOT / "deploy" / "mosquitto"),
-        "MOSQUITTO_DATA_DIR": str(data),
-        "MOSQUITTO_CERT_DIR": str(certs),
-        "MOSQUITTO_DYNSEC_PLUGIN": plugin,
-        "MOSQUITTO_RUN_CONF": str(tmp_path / "run.conf"),
-        "MQTT_PORT": str(port),
-        "MQTTS_PORT": str(tls_port),
-        "MQTT_ADMIN_PASSWORD": "compose-admin",
-        "MOSQUITTO_EXTRA_CONF": "user root" if os.geteuid() == 0 else "",
-    }
+    env = entrypoint_env(
+        data, certs, plugin, tmp_path / "run.conf", port, tls_port, "user root" if os.geteuid() == 0 else ""
+    )
     log = open(tmp_path / "broker.log", "wb")  # noqa: SIM115 - closed below
     broker = subprocess.Popen(["sh", str(ENTRYPOINT)], env=env, stdout=log, stderr=log)
     try:
@@ -130,18 +139,7 @@ def test_entrypoint_as_root_gives_the_broker_user_its_files(tmp_path: Path) -> N
         data.mkdir()
         run.mkdir()
         port, tls_port = free_port(), free_port()
-        env = {
-            **os.environ,
-            "MOSQUITTO_CONF_DIR": str(ROOT / "deploy" / "mosquitto"),
-            "MOSQUITTO_DATA_DIR": str(data),
-            "MOSQUITTO_CERT_DIR": str(certs),
-            "MOSQUITTO_DYNSEC_PLUGIN": plugin,
-            "MOSQUITTO_RUN_CONF": str(run / "mosquitto.conf"),
-            "MQTT_PORT": str(port),
-            "MQTTS_PORT": str(tls_port),
-            "MQTT_ADMIN_PASSWORD": "compose-admin",
-            "MOSQUITTO_EXTRA_CONF": "",
-        }
+        env = entrypoint_env(data, certs, plugin, run / "mosquitto.conf", port, tls_port, "")
         env.pop("MOSQUITTO_USER", None)
         log_path = tmp_path / "broker.log"
         with open(log_path, "wb") as log:
