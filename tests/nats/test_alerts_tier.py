@@ -33,9 +33,9 @@ from edge.app import Agent
 from edge.clock import ManualClock
 from edge.sensor import DemoSensor
 from tests.cloud.test_alerts_engine_support import query, wait_for
-from tests.e2e.test_delivery_faults import Ingest
 from tests.edge.conftest import fast_config
-from tests.support.nats import NatsCluster, nats_server_binary
+from tests.support.fleet import Ingest
+from tests.support.nats import NatsCluster, nats_server_binary, nats_setup
 from tests.support.services import ROOT
 
 pytestmark = [
@@ -98,30 +98,6 @@ def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
         yield c
 
 
-def nats_setup(cluster: NatsCluster, feed: str = "uplinks") -> str:
-    """`microfleet nats setup` as a deployment runs it, the feed mode from MICROFLEET_ALERT_FEED."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cli.main",
-            "nats",
-            "setup",
-            "--url",
-            ",".join(cluster.nats_urls()),
-            "--mqtt-url",
-            cluster.mqtt_url(0),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "MICROFLEET_ALERT_FEED": feed},
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
 async def test_an_alert_from_agent_traffic_reaches_the_agent_through_the_gateway(
     cluster: NatsCluster, tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -137,7 +113,7 @@ async def o5_through_the_tier(
     """The module's scenario with MICROFLEET_ALERT_FEED=`feed` on setup, ingest and the engine; both
     processes stopped cleanly at the end. Returns setup's output."""
     migrate(database_url)
-    out = await asyncio.to_thread(nats_setup, cluster, feed)
+    out = await asyncio.to_thread(nats_setup, cluster, env={"MICROFLEET_ALERT_FEED": feed})
 
     urls = ",".join(cluster.nats_urls())
     monkeypatch.setenv("MICROFLEET_NATS_URL", urls)  # read by the ingest processes Ingest starts

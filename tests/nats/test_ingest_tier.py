@@ -15,27 +15,18 @@ stored exactly once, and the outboxes empty only as the commit marks advance (do
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from cloud.db.migrate import migrate
-from contract.messages import EndReason
-from edge.app import Agent
-from edge.clock import ManualClock
-from edge.sensor import DemoSensor
-from tests.e2e.test_delivery_faults import Device, Ingest, check_exactly_once
 from tests.edge.conftest import fast_config
-from tests.support.nats import NatsCluster, nats_server_binary
-from tests.support.services import ROOT
+from tests.support.fleet import AgentFleet, Ingest, check_exactly_once
+from tests.support.nats import NatsCluster, nats_server_binary, nats_setup
 
 pytestmark = [
     pytest.mark.slow,
@@ -58,29 +49,9 @@ class Tier:
     dsn: str
     tmp_path: Path
 
-    def setup_durable(self, gateway: int = 0) -> str:
+    def setup_durable(self) -> str:
         """`microfleet nats setup`, as a deployment runs it before the devices connect."""
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "cli.main",
-                "nats",
-                "setup",
-                "--url",
-                ",".join(self.cluster.nats_urls()),
-                "--mqtt-url",
-                self.cluster.mqtt_url(gateway),
-                "--ack-wait-s",
-                str(ACK_WAIT_S),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-        )
-        assert out.returncode == 0, out.stderr
-        return out.stdout
+        return nats_setup(self.cluster, "--ack-wait-s", str(ACK_WAIT_S))
 
 
 @pytest.fixture
@@ -102,95 +73,36 @@ def gateway_urls(cluster: NatsCluster, first: int) -> str:
     return ",".join(cluster.mqtt_url((first + k) % n) for k in range(n))
 
 
-class Fleet:
+def nats_fleet(tier: Tier, homes: list[int]) -> AgentFleet:
     """Real agents in MQTT 3.1.1 mode, agent i first connecting to node homes[i]."""
-
-    def __init__(self, tier: Tier, homes: list[int]) -> None:
-        self.tier = tier
-        self.homes = homes
-        self.devices: list[Device] = []
-        self._running = True
-        self._tasks: list[asyncio.Task[None]] = []
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[Fleet]:
-        start = datetime.now(UTC) - timedelta(hours=1)
-        try:
-            for i, home in enumerate(self.homes):
-                device_id = f"nats-{i:02d}"  # no '.': nats-server 2.9.10 refuses it in MQTT topics
-                cfg = fast_config(
-                    self.tier.tmp_path / device_id,
-                    gateway_urls(self.tier.cluster, home),
-                    device_id=device_id,
-                    mqtt_version="3.1.1",
-                    samples_per_batch=SAMPLES_PER_MESSAGE,
-                    session_expiry_s=600,
-                    connect_timeout_s=5.0,
-                    commit_timeout_s=3.0,
-                    commit_timeout_max_s=9.0,
-                )
-                clock = ManualClock(start + timedelta(seconds=i))
-                agent = Agent(cfg, clock=clock)
-                await agent.__aenter__()
-                device = Device(agent, clock, DemoSensor(seed=i))
-                put = agent.outbox.put
-
-                def recording_put(topic: str, build: Callable[[int], bytes], d: Device = device, p=put):  # type: ignore[no-untyped-def]
-                    result = p(topic, build)
-                    d.put_seqs.append(result.seq)
-                    return result
-
-                agent.outbox.put = recording_put  # type: ignore[method-assign]
-                self.devices.append(device)
-            async with asyncio.TaskGroup() as tg:
-                self._tasks = [tg.create_task(self._traffic(d)) for d in self.devices]
-                try:
-                    yield self
-                finally:
-                    await self.stop_traffic()
-        finally:
-            for d in self.devices:
-                await d.agent.__aexit__(None, None, None)
-
-    async def stop_traffic(self) -> None:
-        self._running = False
-        await asyncio.gather(*self._tasks)
-
-    async def _traffic(self, d: Device) -> None:
-        while self._running:
-            d.agent.start_session(3)
-            for _ in range(12):
-                for _ in range(SAMPLES_PER_MESSAGE):
-                    d.clock.advance(1.0)
-                    d.agent.record(d.sensor.read(d.clock.now(), 3))
-                    d.samples += 1
-                await asyncio.sleep(MESSAGE_GAP_S)
-                if not self._running:
-                    break
-            d.agent.end_session(EndReason.USER)
-            d.clock.advance(30.0)
-
-    async def committed(self, timeout_s: float) -> None:
-        try:
-            async with asyncio.timeout(timeout_s):
-                for d in self.devices:
-                    await d.agent.drained()
-        except TimeoutError:
-            for d in self.devices:
-                ob = d.agent.outbox
-                print(d.agent.config.device_id, "depth", ob.depth, "next", ob.next_seq, d.agent.link.stats)
-            raise
+    configs = []
+    for i, home in enumerate(homes):
+        device_id = f"nats-{i:02d}"  # no '.': nats-server 2.9.10 refuses it in MQTT topics
+        configs.append(
+            fast_config(
+                tier.tmp_path / device_id,
+                gateway_urls(tier.cluster, home),
+                device_id=device_id,
+                mqtt_version="3.1.1",
+                samples_per_batch=SAMPLES_PER_MESSAGE,
+                session_expiry_s=600,
+                connect_timeout_s=5.0,
+                commit_timeout_s=3.0,
+                commit_timeout_max_s=9.0,
+            )
+        )
+    return AgentFleet(configs, samples_per_message=SAMPLES_PER_MESSAGE, message_gap_s=MESSAGE_GAP_S)
 
 
 async def run_with_fault(
-    t: Tier, fault: Callable[[Fleet], Awaitable[None]], *, homes: list[int], consumers: int = 2
-) -> Fleet:
+    t: Tier, fault: Callable[[AgentFleet], Awaitable[None]], *, homes: list[int], consumers: int = 2
+) -> AgentFleet:
     for i in range(1, consumers + 1):
         t.ingest.start(i)
     for i in range(1, consumers + 1):
         await asyncio.to_thread(t.ingest.wait_subscribed, i)
     try:
-        async with Fleet(t, homes).running() as fleet:
+        async with nats_fleet(t, homes).running() as fleet:
             async with asyncio.timeout(30):
                 for d in fleet.devices:
                     await d.agent.link.connected.wait()
@@ -199,7 +111,7 @@ async def run_with_fault(
             await asyncio.sleep(1.5)  # and after it
             await fleet.stop_traffic()
             await fleet.committed(DRAIN_TIMEOUT_S)
-            await asyncio.to_thread(check_exactly_once, t.dsn, fleet)  # type: ignore[arg-type]
+            await asyncio.to_thread(check_exactly_once, t.dsn, fleet)
             for d in fleet.devices:
                 assert d.agent.link.stats.committed > 0  # the marks emptied the outboxes, not PUBACKs
         return fleet
@@ -214,7 +126,7 @@ async def test_happy_path_two_ingest_processes_share_one_durable(tier: Tier) -> 
     again = await asyncio.to_thread(tier.setup_durable)  # idempotent: a second deployment run
     assert "durable ingest on $MQTT_msgs: exists" in again
 
-    async def no_fault(_fleet: Fleet) -> None:
+    async def no_fault(_fleet: AgentFleet) -> None:
         await asyncio.sleep(1.0)
 
     await run_with_fault(tier, no_fault, homes=[0, 1, 2, 1])
@@ -235,7 +147,7 @@ async def test_sigkill_the_stream_leader_during_traffic(tier: Tier) -> None:
     others = [n.index for n in tier.cluster.nodes if n.index != victim]
     tier.ingest.mqtt_url = tier.cluster.mqtt_url(others[0])  # the marks' gateway survives
 
-    async def kill_leader(_fleet: Fleet) -> None:
+    async def kill_leader(_fleet: AgentFleet) -> None:
         await asyncio.to_thread(tier.cluster.kill, victim)
         new = await asyncio.to_thread(tier.cluster.wait_stream_leader, "$MQTT_msgs", not_on=leader)
         assert new != leader
@@ -249,24 +161,26 @@ async def test_sigkill_the_node_agents_are_connected_to(tier: Tier) -> None:
     victim = 2
     tier.ingest.mqtt_url = tier.cluster.mqtt_url(0)
 
-    async def kill_home(fleet: Fleet) -> None:
+    homes = [victim, victim, 0, 1]
+
+    async def kill_home(fleet: AgentFleet) -> None:
         before = [d.agent.link.stats.connects for d in fleet.devices]
         await asyncio.to_thread(tier.cluster.kill, victim)
         async with asyncio.timeout(30):  # the agents of node 2 come back through node 0's gateway
             while not all(  # noqa: ASYNC110 - link stats have no event of their own
                 d.agent.link.stats.connects > before[i] and d.agent.link.connected.is_set()
                 for i, d in enumerate(fleet.devices)
-                if fleet.homes[i] == victim
+                if homes[i] == victim
             ):
                 await asyncio.sleep(0.1)
 
-    await run_with_fault(tier, kill_home, homes=[victim, victim, 0, 1])
+    await run_with_fault(tier, kill_home, homes=homes)
 
 
 async def test_sigkill_an_ingest_process_its_held_messages_come_back(tier: Tier) -> None:
     await asyncio.to_thread(tier.setup_durable)
 
-    async def kill_ingest(_fleet: Fleet) -> None:
+    async def kill_ingest(_fleet: AgentFleet) -> None:
         await asyncio.to_thread(tier.ingest.signal, 1, signal.SIGKILL)  # what it held is not acked ...
         await asyncio.sleep(0.7)
         tier.ingest.start(1)  # ... and JetStream hands it out again after ack_wait (5 s here)
@@ -281,7 +195,7 @@ async def test_sigkill_the_node_behind_the_marks_publisher(tier: Tier) -> None:
     victim = 1
     tier.ingest.mqtt_url = gateway_urls(tier.cluster, victim)
 
-    async def kill_marks_node(_fleet: Fleet) -> None:
+    async def kill_marks_node(_fleet: AgentFleet) -> None:
         await asyncio.to_thread(tier.cluster.kill, victim)
 
     # the agents sit on the other nodes: the publisher's loss is the fault (and nothing restarts the node)

@@ -19,17 +19,18 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cli.localbroker import free_port, stop_process, wait_port
+from cli.localbroker import ROOT, free_port, stop_process, wait_port
 
-__all__ = ["NatsCluster", "NatsNode", "nats_server_binary", "nats_server_version"]
+__all__ = ["NatsCluster", "NatsNode", "nats_server_binary", "nats_server_version", "nats_setup"]
 
 ENV_BINARY = "MICROFLEET_NATS_SERVER"
 CLUSTER_NAME = "mf"
@@ -274,3 +275,31 @@ mqtt {{
 
     def mqtt_url(self, i: int) -> str:
         return f"mqtt://127.0.0.1:{self.nodes[i].mqtt_port}"
+
+
+def nats_setup(
+    cluster: NatsCluster, *extra: str, gateway: int = 0, env: Mapping[str, str] | None = None
+) -> str:
+    """`microfleet nats setup` on the cluster as a deployment runs it, in its own process (`extra` are more
+    options, `env` more environment): its stdout, after asserting it exited 0."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "nats",
+            "setup",
+            "--url",
+            ",".join(cluster.nats_urls()),
+            "--mqtt-url",
+            cluster.mqtt_url(gateway),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
