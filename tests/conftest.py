@@ -15,26 +15,25 @@ if TYPE_CHECKING:
     from tests.identity.test_broker_acl import Peer
 
 
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    """A private mosquitto with the project's configuration, on a free port."""
+def _mosquitto() -> Iterator[Mosquitto]:
     b = Mosquitto()
     b.start()
     try:
         yield b
     finally:
         b.close()
+
+
+@pytest.fixture
+def broker() -> Iterator[Mosquitto]:
+    """A private mosquitto with the project's configuration, on a free port."""
+    yield from _mosquitto()
 
 
 @pytest.fixture(scope="module")
 def module_broker() -> Iterator[Mosquitto]:
-    """One private mosquitto for every test of a module (the tests keep to their own device ids)."""
-    b = Mosquitto()
-    b.start()
-    try:
-        yield b
-    finally:
-        b.close()
+    """One such mosquitto for every test of a module (the tests keep to their own device ids)."""
+    yield from _mosquitto()
 
 
 @pytest.fixture
