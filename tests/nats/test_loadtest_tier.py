@@ -28,7 +28,7 @@ from cli.main import app
 from cloud.db.migrate import migrate
 from cloud.runtime.jetstream import DurableSpec
 from cloud.runtime.nats_cli import setup
-from tests.e2e.test_delivery_faults import Ingest
+from tests.support.fleet import Ingest
 from tests.support.nats import NatsCluster, nats_server_binary
 
 pytestmark = [
