@@ -92,6 +92,7 @@ class LinkStats:
     marks: int = 0  # commit marks received (applied, or lower than one already applied)
     marks_ignored: int = 0  # marks at or beyond the outbox's next_seq (an earlier life of the device id)
     downlinks: int = 0
+    subscribe_refused: int = 0  # SUBACKs >= 0x80 for the downlink filter (the connection is then ended)
 
 
 class Link:
@@ -264,7 +265,7 @@ class Link:
             async with client:
                 self.stats.connects += 1
                 self.stats.state = LinkState.CONNECTED
-                await client.subscribe(downlink_filter(self._cfg.device_id), qos=1)
+                await self._subscribe(client)
                 # Every wait on this connection runs in its task group (the birth's PUBACK included): a
                 # connection lost meanwhile ends the receive task and with it the whole group.
                 async with asyncio.TaskGroup() as tg:
@@ -275,6 +276,16 @@ class Link:
                     tg.create_task(self._watch_commits(client), name=f"link-commit:{self._cfg.device_id}")
         finally:
             self._brokers.moved()  # the next connection tries the cluster's next node (edge/connect.py)
+
+    async def _subscribe(self, client: CheckedClient) -> None:
+        """Subscribe to the device's downlinks and read the SUBACK: a refused subscription (>= 0x80, in
+        MQTT 5 and 3.1.1 alike) would leave the device deaf to its commit marks, protocols and notices on
+        a connection that looks healthy, so it ends the connection (retried with backoff) instead."""
+        granted = await client.subscribe(downlink_filter(self._cfg.device_id), qos=1)
+        codes = [g if isinstance(g, int) else g.value for g in granted]
+        if not codes or any(c >= 0x80 for c in codes):
+            self.stats.subscribe_refused += 1
+            raise aiomqtt.MqttError(f"the broker refused the downlink subscription (SUBACK {codes})")
 
     async def _announce(
         self, client: CheckedClient, seq: int, ts: datetime, will: bytes, backoff: Backoff
