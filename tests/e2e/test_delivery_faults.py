@@ -29,8 +29,6 @@ from tests.edge.conftest import fast_config
 from tests.support.fleet import AgentFleet, Ingest, check_exactly_once
 from tests.support.services import ProductionBroker, production_broker
 
-__all__ = ["Ingest"]  # tests/nats/test_loadtest_tier.py imports it from here
-
 pytestmark = pytest.mark.slow
 DEVICES = 6
 SAMPLES_PER_MESSAGE = 5
