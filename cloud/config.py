@@ -53,6 +53,8 @@ class CloudConfig:
     consumer_id: str = "ingest-1"
     batch_max_messages: int = 2000
     batch_max_delay_s: float = 0.05
+    # writer threads of one ingest process, each committing whole batches on its own connection
+    ingest_writers: int = 2
     receive_maximum: int = 8000
     session_expiry_s: int = 7 * 24 * 3600
     # commit marks (CommitMark downlinks): after mark_delay_s since a device's first unsent advance, or
@@ -89,6 +91,7 @@ class CloudConfig:
             "consumer_id": e.get("MICROFLEET_CONSUMER_ID", "ingest-1"),
             "batch_max_messages": int(e.get("MICROFLEET_BATCH_MAX_MESSAGES", "2000")),
             "batch_max_delay_s": float(e.get("MICROFLEET_BATCH_MAX_DELAY_S", "0.05")),
+            "ingest_writers": int(e.get("MICROFLEET_INGEST_WRITERS", "2")),
             "receive_maximum": int(e.get("MICROFLEET_RECEIVE_MAXIMUM", "8000")),
             "session_expiry_s": int(e.get("MICROFLEET_SESSION_EXPIRY_S", str(7 * 24 * 3600))),
             "mark_delay_s": float(e.get("MICROFLEET_MARK_DELAY_S", "10.0")),

@@ -1,12 +1,15 @@
-"""Composition root of one ingest process: consumer (paho thread) -> handoff -> writer thread -> acks,
+"""Composition root of one ingest process: consumer (paho thread) -> handoff -> writer threads -> acks,
 and the commit marks back to the devices.
 
 Threads, each owned and joined by IngestService (cloud.runtime.threads: one that dies takes the process
-down): paho's network threads (Consumer, and the Publisher of commit marks), the writer thread (one
-transaction per batch, acks after COMMIT), the mark sender (every mark_interval_s: the devices whose
+down): paho's network threads (Consumer, and the Publisher of commit marks), the writer threads
+(MICROFLEET_INGEST_WRITERS of them, each with its own connection: each takes whole batches from the
+handoff, one transaction per batch, and acks that batch's messages after its own COMMIT; two writers
+commit concurrently as two ingest processes do: marks.py orders their mark locks, a redelivery's unique
+violation or a deadlock is retried by the writer), the mark sender (every mark_interval_s: the devices whose
 commit mark is due get a CommitMark downlink) and the ticker (live counters every few seconds, the
 database housekeeping job every few minutes). `run()` stops on SIGTERM/SIGINT by leaving the group:
-unsubscribe, the writer commits and acks what it holds, then DISCONNECT with session expiry 0 (a
+unsubscribe, every writer commits and acks what it holds, then DISCONNECT with session expiry 0 (a
 scale-in strands nothing in a stopped member's session). A crash (SIGKILL) keeps the session.
 
 The source is chosen by URL: with MICROFLEET_NATS_URL (`nats://h1:p1,nats://h2:p2`, the NATS tier) the
@@ -23,6 +26,7 @@ the broker took the feed message; the writer goes on with the next batch meanwhi
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -228,9 +232,14 @@ class IngestService:
             else None
         )
         self._feed_stop = threading.Event()
-        self.writer = BatchWriter(
-            config.database_url, consumer=config.consumer_id, strategy=strategy, marks=config.commit_marks
-        )
+        if config.ingest_writers < 1:
+            raise ValueError(f"ingest_writers must be >= 1, not {config.ingest_writers}")
+        self.writers = [
+            BatchWriter(
+                config.database_url, consumer=config.consumer_id, strategy=strategy, marks=config.commit_marks
+            )
+            for _ in range(config.ingest_writers)
+        ]
         self.metrics = IngestMetrics(self._live_figures)
         self.metrics_server = MetricsServer.optional(
             config.consumer_id,
@@ -249,7 +258,7 @@ class IngestService:
         self._abort = threading.Event()  # stop retrying a batch the database refuses to take (no ack)
         self._ticker_stop = threading.Event()
         self.threads = Threads(config.consumer_id)
-        self._writer: threading.Thread | None = None
+        self._writer_threads: list[threading.Thread] = []
         self.stopped = threading.Event()
 
     def _new_batcher(self) -> Batcher[Any]:
@@ -262,14 +271,22 @@ class IngestService:
         )
 
     # -- threads ----------------------------------------------------------------------------------------
-    def _write_loop(self) -> None:
+    @property
+    def writer_failures(self) -> int:
+        """Failed write attempts (transient errors) of every writer since start."""
+        return sum(w.failures for w in self.writers)
+
+    def _write_loop(self, writer: BatchWriter) -> None:
+        """One writer thread: takes whole batches (the handoff gives each to one taker), writes each on its
+        own connection and acks it after its COMMIT. Another writer may commit a later batch first: acks,
+        receipts and marks do not depend on the order of commits (marks.py)."""
         while True:
             batch = self.handoff.take(self._draining)
             if batch is None:
                 if self._draining.is_set():
                     return
                 continue
-            result = self.writer.write(batch, stop=self._abort)
+            result = writer.write(batch, stop=self._abort)
             if result is None:
                 log.warning(
                     "stopping with %d uncommitted messages: not acked, the broker keeps them", batch.messages
@@ -341,7 +358,10 @@ class IngestService:
     def start(self) -> None:
         if self.metrics_server is not None:
             self.metrics_server.start()
-        self._writer = self.threads.spawn("ingest-writer", self._write_loop)
+        self._writer_threads = [
+            self.threads.spawn(f"ingest-writer-{i}", functools.partial(self._write_loop, w))
+            for i, w in enumerate(self.writers)
+        ]
         self.threads.spawn("ingest-ticker", self._tick_loop)
         if self.config.commit_marks:
             self.threads.spawn(
@@ -367,11 +387,12 @@ class IngestService:
         Without `leave`: flush, commit and ack what is pending, and disconnect keeping the session."""
         left = self.consumer.leave(timeout_s=grace_s) if leave else False
         self._draining.set()
-        writer = self._writer
-        if writer is not None:
-            writer.join(2.0 if leave else grace_s)
-            if writer.is_alive():
-                self._abort.set()
+        deadline = time.monotonic() + (2.0 if leave else grace_s)
+        for writer in self._writer_threads:  # every writer commits and acks what it took, or is aborted
+            writer.join(max(0.0, deadline - time.monotonic()))
+        if any(w.is_alive() for w in self._writer_threads):
+            self._abort.set()
+            for writer in self._writer_threads:
                 writer.join()
         if self.feed is not None and not self.feed.wait_empty(grace_s if not self._abort.is_set() else 0.0):
             log.warning(
@@ -383,7 +404,8 @@ class IngestService:
         self.threads.join(grace_s)
         self.consumer.stop()
         self.publisher.stop()
-        self.writer.close()
+        for w in self.writers:
+            w.close()
         self.db.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()
@@ -406,7 +428,10 @@ class IngestService:
         previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.start()
-            stop.wait()
+            # wake now and then: a signal the kernel delivered to another thread runs its handler only
+            # when the main thread runs Python (seen: a SIGTERM right after SIGCONT left it waiting)
+            while not stop.wait(1.0):
+                pass
         finally:
             self.stop()
             for s, h in previous.items():

@@ -159,7 +159,7 @@ def test_database_connection_cut_mid_stream_loses_nothing(broker: Mosquitto, dsn
             wait_until(lambda: count(dsn, "uplink_log") > 0, 30, interval=0.01, what="first rows stored")
             proxy.cut()
             pub.publish_all(traffic.messages[half:])
-            wait_until(lambda: svc.writer.failures >= 2, 30, interval=0.01, what="the writer saw the cut")
+            wait_until(lambda: svc.writer_failures >= 2, 30, interval=0.01, what="the writer saw the cut")
             assert count(dsn, "uplink_log") < traffic.uplinks
             proxy.heal()
             wait_until(lambda: count(dsn, "uplink_log") >= traffic.uplinks, 60, what="all messages stored")
