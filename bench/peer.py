@@ -1,7 +1,7 @@
 """The peer, side by side (issue 13 part 3): Node-RED's batched flow and microfleet's ingest, one run.
 
     python bench/peer.py [--quick] [--devices 500] [--samples-per-message 10] [--samples 300000]
-                         [--ingest-processes 1]
+                         [--ingest-processes 1] [--writers 1,2 --rounds 3]
 
 The workload: `--devices` devices, one session each (status, start, sample batches of
 `--samples-per-message` samples, an event, an end), interleaved round robin, flooded at QoS 1 by a paho
@@ -24,6 +24,8 @@ apart from it the CPU of the consumer's PostgreSQL backends. Ceilings of the sam
 subscriber (the publisher child -> mosquitto -> paho, QoS 1) and binary COPY into both tables; microfleet's
 messages per CPU second (messages/s per core) are printed next to the bare subscriber's network thread's.
 The last printed line is one JSON object with the ratios microfleet / Node-RED.
+`--writers 1,2` instead runs microfleet's drain only, once per MICROFLEET_INGEST_WRITERS value in turn,
+`--rounds` times (alternating), next to the binary COPY ceiling of the same run; its JSON has each run.
 """
 
 from __future__ import annotations
@@ -156,8 +158,12 @@ class NodeRed:
 class Microfleet:
     """`python -m cloud.ingest` process(es), commit marks on, production defaults."""
 
-    def __init__(self, broker: Mosquitto, dsn: str, processes: int) -> None:
-        self.procs = [IngestProcess(broker.url, dsn, f"bench-peer-{i}") for i in range(1, processes + 1)]
+    def __init__(
+        self, broker: Mosquitto, dsn: str, processes: int, env: dict[str, str] | None = None
+    ) -> None:
+        self.procs = [
+            IngestProcess(broker.url, dsn, f"bench-peer-{i}", **(env or {})) for i in range(1, processes + 1)
+        ]
         for p in self.procs:
             p.wait_subscribed()
 
@@ -243,13 +249,22 @@ class Phase:
 
 
 def run_phase(
-    consumer: str, mode: str, red: Path, dsn: str, msgs: list[Message], expected: int, processes: int
+    consumer: str,
+    mode: str,
+    red: Path | None,
+    dsn: str,
+    msgs: list[Message],
+    expected: int,
+    processes: int,
+    env: dict[str, str] | None = None,
 ) -> Phase:
     truncate(dsn)
     table = "nodered_samples" if consumer == "Node-RED" else "samples"
     with fresh_broker() as broker, psycopg.connect(dsn, autocommit=True) as conn:
         runner: NodeRed | Microfleet = (
-            NodeRed(red, broker, dsn) if consumer == "Node-RED" else Microfleet(broker, dsn, processes)
+            NodeRed(red, broker, dsn)
+            if consumer == "Node-RED" and red is not None
+            else Microfleet(broker, dsn, processes, env)
         )
         try:
             pub_id = f"bench-peer-pub-{consumer.lower()}-{mode}"
@@ -359,6 +374,42 @@ def report(phases: dict[str, Phase], ceilings: dict[str, float], spm: float, tra
     )
 
 
+def writers_ab(args: argparse.Namespace, msgs: list[Message], expected: int, line: str) -> None:
+    """microfleet's drain per writer count, alternating, next to binary COPY into `samples` (same run)."""
+    counts = [int(w) for w in args.writers.split(",")]
+    console.rule(f"[bold]ingest writers {counts}, drain[/] - {line}")
+    runs: list[dict[str, Any]] = []
+    with scratch_database("mf_peer") as dsn:
+        migrate(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(NODERED_TABLE)  # truncate() empties it too
+        copy = copy_ceiling(dsn, msgs, "samples")
+        console.print(f"binary COPY into samples: {copy:,.0f} rows/s")
+        for r in range(1, args.rounds + 1):
+            for w in counts:
+                env = {"MICROFLEET_INGEST_WRITERS": str(w)}
+                p = run_phase("microfleet", "drain", None, dsn, msgs, expected, args.ingest_processes, env)
+                runs.append(
+                    {
+                        "round": r,
+                        "writers": w,
+                        "samples_per_s": round(p.samples_per_s),
+                        "to_copy": round(p.samples_per_s / copy, 3),
+                        "cpu_ms_per_1000": round(p.cpu_ms_per_1000, 2),
+                        "db_cpu_ms_per_1000": round(p.db_cpu_ms_per_1000, 2),
+                        "loss": p.loss,
+                        "errors": p.errors,
+                    }
+                )
+                console.print(
+                    f"round {r}, {w} writer(s): {p.samples_per_s:,.0f} samples/s ({p.samples_per_s / copy:.2f} "
+                    f"of COPY), loss {p.loss}, consumer CPU {p.cpu_ms_per_1000:.1f} ms per 1,000 samples, "
+                    f"database {p.db_cpu_ms_per_1000:.1f}, {p.errors} errors logged"
+                )
+        truncate(dsn)
+    print(json.dumps({"copy_samples_rows_per_s": round(copy), "drain": runs}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a fifth of the workload (60,000 samples)")
@@ -368,6 +419,10 @@ def main() -> None:
         "--samples", type=int, default=0, help="samples in the flood (default 300000, quick 60000)"
     )
     ap.add_argument("--ingest-processes", type=int, default=1, help="microfleet consumer processes")
+    ap.add_argument(
+        "--writers", default="", help="e.g. 1,2: microfleet's drain only, per MICROFLEET_INGEST_WRITERS value"
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="with --writers: alternating rounds")
     args = ap.parse_args()
     total = args.samples or (60_000 if args.quick else 300_000)
     batches = max(1, total // (args.devices * args.samples_per_message))
@@ -377,6 +432,9 @@ def main() -> None:
     msgs, expected = traffic.messages, traffic.samples
     spm = expected / len(msgs)
     line = f"{args.devices} devices, {len(msgs):,} messages, {expected:,} samples ({args.samples_per_message}/batch)"
+    if args.writers:
+        writers_ab(args, msgs, expected, line)
+        return
     console.rule(f"[bold]the peer, side by side[/] - {line}")
     red = install_nodered()
     started = datetime.now(UTC)
