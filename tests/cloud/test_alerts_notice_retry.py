@@ -50,8 +50,9 @@ def test_an_offline_devices_notice_backs_off_then_is_delivered(broker: Mosquitto
             first = time.monotonic()
             time.sleep(3.0)
             [(n,)] = query(dsn, tries)
-            # 0 s, 0.1, 0.3, 0.7, 1.5 (, 3.1): at most 6 tries in 3 s (one per 0.1 s tick: ~30)
-            assert 4 <= n <= 6, f"{n} tries in {time.monotonic() - first:.1f} s"
+            # 0 s, 0.1, 0.3, 0.7, 1.5 (, 3.1): at most 6 tries in 3 s (one per 0.1 s tick: ~30); a loaded
+            # machine delays ticks, so fewer is fine as long as it was tried again
+            assert 3 <= n <= 6, f"{n} tries in {time.monotonic() - first:.1f} s"
             [(sent,)] = query(dsn, "select sent_at from notice_outbox where device_id = 'away-1'")
             assert sent is None
             device = FakeDevice(broker.url, "away-1", clock, ack=False)
@@ -60,9 +61,10 @@ def test_an_offline_devices_notice_backs_off_then_is_delivered(broker: Mosquitto
                 device.wait(lambda d: len(d.notices) == 1, timeout=8)
             finally:
                 device.close()
-            [(n_final, sent)] = query(
-                dsn, "select attempts, sent_at from notice_outbox where device_id = 'away-1'"
-            )
-            assert sent is not None and n_final <= 8
+            # the device can hold the notice before the engine has read the PUBACK and recorded it
+            done = "select attempts from notice_outbox where device_id = 'away-1' and sent_at is not null"
+            wait_for(lambda: bool(query(dsn, done)), what="the delivery recorded (sent_at)")
+            [(n_final,)] = query(dsn, done)
+            assert n_final <= 8
     finally:
         uplinks.close()
