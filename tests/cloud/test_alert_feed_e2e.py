@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +27,14 @@ from cloud.runtime.publisher import Publisher
 from contract import topics
 from contract.codec import encode_feed
 from contract.messages import CommittedBatch, UplinkMessage
-from tests.cloud.test_alerts_engine_support import Clock, engine_config, overuse_days, query, wire
+from tests.cloud.test_alerts_engine_support import (
+    Clock,
+    engine_config,
+    overuse_days,
+    query,
+    wait_for,
+    wire,
+)
 from tests.support.services import ROOT, ProductionBroker
 
 pytestmark = pytest.mark.slow
@@ -40,16 +46,6 @@ HORIZON = timedelta(days=3650)  # the traffic is dated 2024 (the engine's clock 
 def dsn(database_url: str) -> str:
     migrate(database_url)
     return database_url
-
-
-def wait_for(pred: Callable[[], Any], timeout_s: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def send(prod: ProductionBroker, device: str, messages: list[UplinkMessage]) -> None:
@@ -110,8 +106,8 @@ def test_a_rule_fires_from_device_traffic_in_either_mode(
         assert svc.consumer.subscribed_event.wait(10)
         traffic = overuse_days("feed-1", NOON, range(-5, 1))  # 6 days of use in 7: O5
         send(prod, "feed-1", traffic)
-        wait_for(lambda: o5_alerts(dsn), what="the O5 alert")
-        wait_for(lambda: svc.messages >= len(traffic), what="every message evaluated")
+        wait_for(lambda: o5_alerts(dsn), 20.0, what="the O5 alert")
+        wait_for(lambda: svc.messages >= len(traffic), 20.0, what="every message evaluated")
         assert o5_alerts(dsn) == [("feed-1", "O5", "rolling", "info", "open", 1)]
         assert query(dsn, "select count(*) from alert_history where device_id = 'feed-1'") == [(6,)]
         if feed == "committed":
@@ -162,12 +158,12 @@ def test_a_stopped_engine_does_not_stop_ingest_and_gets_the_feed_when_back(
     feed = ingest.feed
     assert feed is not None
     # ingest stores and acknowledges everything while the engine is down: the feed queues in its session
-    wait_for(lambda: feed.fed == len(traffic), what="every batch fed while the engine is down")
+    wait_for(lambda: feed.fed == len(traffic), 20.0, what="every batch fed while the engine is down")
     assert feed.failed == 0 and feed.pending() == 0 and ingest.consumer.redeliveries == 0
     assert query(dsn, "select count(*) from sessions where device_id like %s", "down-%") == [(12,)]
     assert o5_alerts(dsn) == []
     with AlertService(cfg, clock=Clock(NOON), gate=False) as back:
-        wait_for(lambda: len(o5_alerts(dsn)) == 2, what="O5 for both devices from the queued feed")
+        wait_for(lambda: len(o5_alerts(dsn)) == 2, 20.0, what="O5 for both devices from the queued feed")
         assert back.messages == len(traffic)
 
 
@@ -204,9 +200,12 @@ def test_an_ingest_sigkill_between_commit_and_feed_still_gets_every_message_eval
         send(prod, "kill-1", traffic)
         wait_for(
             lambda: query(dsn, "select count(*) from sessions where device_id = 'kill-1'") == [(6,)],
+            20.0,
             what="the batches committed",
         )
-        wait_for(lambda: "alert feed:" in log_path.read_text(), what="ingest reporting the feed not taken")
+        wait_for(
+            lambda: "alert feed:" in log_path.read_text(), 20.0, what="ingest reporting the feed not taken"
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         rows = query(dsn, "select count(*) from samples where device_id = 'kill-1'")
@@ -215,8 +214,8 @@ def test_an_ingest_sigkill_between_commit_and_feed_still_gets_every_message_eval
             assert o5_alerts(dsn) == []
             proc = start()
             wait_for(lambda: subscribed(2), 30, "ingest back")
-            wait_for(lambda: o5_alerts(dsn), what="the O5 alert from the re-sent batches")
-            wait_for(lambda: svc.messages >= len(traffic), what="every message evaluated")
+            wait_for(lambda: o5_alerts(dsn), 20.0, what="the O5 alert from the re-sent batches")
+            wait_for(lambda: svc.messages >= len(traffic), 20.0, what="every message evaluated")
         assert query(dsn, "select count(*) from samples where device_id = 'kill-1'") == rows
         assert o5_alerts(dsn) == [("kill-1", "O5", "rolling", "info", "open", 1)]
     finally:

@@ -27,15 +27,13 @@ from typer.testing import CliRunner
 from cli.main import app
 from cloud.alerts.feed_source import feed_subject
 from cloud.runtime.jetstream import MQTT_STREAM, UPLINK_SUBJECT
+from tests.nats.marks import requires_nats_server
 from tests.nats.test_alerts_tier import o5_through_the_tier
-from tests.support.nats import NatsCluster, nats_server_binary
+from tests.support.nats import NatsCluster
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        nats_server_binary() is None,
-        reason="nats-server is not installed: apt-get install -y nats-server (or set MICROFLEET_NATS_SERVER)",
-    ),
+    requires_nats_server,
 ]
 
 

@@ -34,16 +34,14 @@ from edge.clock import ManualClock
 from edge.sensor import DemoSensor
 from tests.cloud.test_alerts_engine_support import query, wait_for
 from tests.edge.conftest import fast_config
+from tests.nats.marks import requires_nats_server
 from tests.support.fleet import Ingest
-from tests.support.nats import NatsCluster, nats_server_binary, nats_setup
+from tests.support.nats import NatsCluster, nats_setup
 from tests.support.services import ROOT
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        nats_server_binary() is None,
-        reason="nats-server is not installed: apt-get install -y nats-server (or set MICROFLEET_NATS_SERVER)",
-    ),
+    requires_nats_server,
 ]
 DAYS = 6  # sessions on 6 days of the last 7: O5 (5 days a week in the intensive phase) raises
 DEVICE = "nats-alert-01"

@@ -25,15 +25,13 @@ import pytest
 
 from cloud.db.migrate import migrate
 from tests.edge.conftest import fast_config
+from tests.nats.marks import requires_nats_server
 from tests.support.fleet import AgentFleet, Ingest, check_exactly_once
-from tests.support.nats import NatsCluster, nats_server_binary, nats_setup
+from tests.support.nats import NatsCluster, nats_setup
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        nats_server_binary() is None,
-        reason="nats-server is not installed: apt-get install -y nats-server (or set MICROFLEET_NATS_SERVER)",
-    ),
+    requires_nats_server,
 ]
 DEVICES = 4
 SAMPLES_PER_MESSAGE = 5

@@ -28,15 +28,13 @@ from cli.main import app
 from cloud.db.migrate import migrate
 from cloud.runtime.jetstream import DurableSpec
 from cloud.runtime.nats_cli import setup
+from tests.nats.marks import requires_nats_server
 from tests.support.fleet import Ingest
-from tests.support.nats import NatsCluster, nats_server_binary
+from tests.support.nats import NatsCluster
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        nats_server_binary() is None,
-        reason="nats-server is not installed: apt-get install -y nats-server (or set MICROFLEET_NATS_SERVER)",
-    ),
+    requires_nats_server,
 ]
 DEVICES = 20
 

@@ -34,12 +34,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud.identity import nats_policy
 from cloud.identity.nats_users import NatsIdentities, reload, write_auth
+from tests.nats.marks import requires_nats_server
 from tests.support.nats import NatsCluster, nats_server_binary
 
-pytestmark = pytest.mark.skipif(
-    nats_server_binary() is None,
-    reason="nats-server is not installed: apt-get install -y nats-server (or set MICROFLEET_NATS_SERVER)",
-)
+pytestmark = requires_nats_server
 
 WAIT_S = 10.0
 UPLINKS = "$MQTT.msgs.mf.v1.*.up.>"

@@ -15,6 +15,7 @@ import yaml
 
 from cloud.identity import nats_policy
 from cloud.identity.nats_users import NatsIdentities, write_auth
+from tests.nats.marks import requires_nats_server
 from tests.support.nats import nats_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +58,7 @@ def test_compose_resolves_the_cluster_profile() -> None:
     assert set(NODES) | set(CLUSTER_SERVICES) | {"nats-auth", "broker"} <= set(out.stdout.split())
 
 
-@pytest.mark.skipif(nats_server_binary() is None, reason="nats-server is not installed")
+@requires_nats_server
 def test_node_config_with_rendered_users_is_valid(tmp_path: Path) -> None:
     conf = tmp_path / "nats.conf"
     conf.write_text((ROOT / "deploy/nats/nats.conf").read_text().replace("/data", str(tmp_path / "js")))

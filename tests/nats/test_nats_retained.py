@@ -18,13 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.nats.marks import requires_nats_server
 from tests.nats.test_nats_identity import AuthCluster, Device, auth_cluster, connect
 from tests.support.nats import nats_server_binary, nats_server_version
 
-pytestmark = pytest.mark.skipif(
-    nats_server_binary() is None,
-    reason="nats-server is not installed: apt-get install -y nats-server (or set MICROFLEET_NATS_SERVER)",
-)
+pytestmark = requires_nats_server
 
 DEV = "dev-ret"
 DESIRED = {  # topic -> (owning service, payload)
