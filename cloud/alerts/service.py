@@ -112,16 +112,7 @@ class AlertService:
         self.cfg, self.clock = cfg, clock
         self.engine = Engine(cfg)
         self.inbox = Inbox()
-        spec = UplinkSourceSpec(
-            mqtt_url=cfg.mqtt_url,
-            nats_url=cfg.nats_url,
-            group=cfg.group,
-            consumer_id=cfg.consumer_id,
-            receive_maximum=cfg.receive_maximum,
-            session_expiry_s=cfg.session_expiry_s,
-            ca_file=cfg.mqtt_ca_file,
-            kinds=EVALUATED,
-        )
+        spec = UplinkSourceSpec.of(cfg, cfg.group, EVALUATED)
         # on MQTT the broker sends only EVALUATED kinds; a JetStream durable sends every uplink: the rest
         # is acknowledged on arrival (nothing of it is committed) and never decoded
         self.skipped = 0

@@ -182,18 +182,7 @@ class MarkSender:
 
 def uplink_source_of(config: CloudConfig, on_message: Any) -> Source:
     """The ingest group's source (cloud.ingest.source: the JetStream durable when nats_url is set)."""
-    return uplink_source(
-        UplinkSourceSpec(
-            mqtt_url=config.mqtt_url,
-            nats_url=config.nats_url,
-            group=config.ingest_group,
-            consumer_id=config.consumer_id,
-            receive_maximum=config.receive_maximum,
-            session_expiry_s=config.session_expiry_s,
-            ca_file=config.mqtt_ca_file,
-        ),
-        on_message,
-    )
+    return uplink_source(UplinkSourceSpec.of(config, config.ingest_group), on_message)
 
 
 class IngestService:

@@ -71,6 +71,39 @@ class UplinkSourceSpec:
     def on_nats(self) -> bool:
         return bool(self.nats_url)
 
+    @classmethod
+    def of(
+        cls, cfg: ServiceConnection, group: str, kinds: tuple[topics.Uplink, ...] | None = None
+    ) -> UplinkSourceSpec:
+        """The spec of a service's configuration (CloudConfig for ingest, AlertConfig for the engine)."""
+        return cls(
+            mqtt_url=cfg.mqtt_url,
+            nats_url=cfg.nats_url,
+            group=group,
+            consumer_id=cfg.consumer_id,
+            receive_maximum=cfg.receive_maximum,
+            session_expiry_s=cfg.session_expiry_s,
+            ca_file=cfg.mqtt_ca_file,
+            kinds=kinds,
+        )
+
+
+class ServiceConnection(Protocol):
+    """What a service's configuration says about its uplink source (both configurations have these)."""
+
+    @property
+    def mqtt_url(self) -> str: ...
+    @property
+    def nats_url(self) -> str: ...
+    @property
+    def consumer_id(self) -> str: ...
+    @property
+    def receive_maximum(self) -> int: ...
+    @property
+    def session_expiry_s(self) -> int: ...
+    @property
+    def mqtt_ca_file(self) -> str | None: ...
+
 
 OnMessage = Callable[[str, bytes, Any], None]
 
