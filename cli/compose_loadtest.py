@@ -203,6 +203,18 @@ def _inject(client: Any, project: str, fault: Fault, t0: float) -> FaultRun:
     )
 
 
+def _reading(c: Any) -> tuple[str, str, Any] | None:
+    """(name, service, stats) of one container, or None when it has none to give at this instant: a
+    container the fault is restarting or stopping answers with an empty body (Podman) or 404/409."""
+    import docker.errors  # type: ignore[import-untyped]
+
+    try:
+        return c.name, c.labels.get(SERVICE_LABEL, ""), c.stats(stream=False)
+    except (docker.errors.APIError, ValueError) as exc:  # requests' JSONDecodeError is a ValueError
+        console.print(f"no stats from {c.name} at this reading ({type(exc).__name__}); skipped")
+        return None
+
+
 def watch(
     client: Any, project: str, hold_s: float, interval_s: float, faults: list[Fault]
 ) -> tuple[list[ContainerSample], list[FaultRun]]:
@@ -223,11 +235,7 @@ def watch(
                 started.append(pool.submit(_inject, client, project, fault, t0))
             if now >= next_stats:
                 found = containers(client, project)
-                raw = list(
-                    pool.map(
-                        lambda c: (c.name, c.labels.get(SERVICE_LABEL, ""), c.stats(stream=False)), found
-                    )
-                )
+                raw = [r for r in pool.map(_reading, found) if r is not None]
                 samples += [sample_of(name, service, stats, now) for name, service, stats in raw]
                 sims = sum(1 for _, service, _ in raw if service == SERVICE)
                 console.print(

@@ -39,6 +39,12 @@ def password_from_env(name: str | None) -> str | None:
     return password
 
 
+# An ops command waits this long for the broker's answer: one-shot jobs (compose's broker-setup, a
+# provisioning step) run while a stack is still starting, and the first name lookup inside a fresh
+# container network was seen to take ~40 s under Podman (a 10 s wait failed `devices provision`).
+ADMIN_CONNECT_S = 60.0
+
+
 def _admin() -> tuple[CloudConfig, DynsecClient]:
     from cloud.identity.dynsec import DynsecClient
     from contract.mqtturl import parse_mqtt_url
@@ -51,7 +57,7 @@ def _admin() -> tuple[CloudConfig, DynsecClient]:
             "(the dynamic-security admin made by `mosquitto_ctrl dynsec init`)."
         )
         raise typer.Exit(2)
-    return config, DynsecClient(config.broker_admin_url, a.username, a.password)
+    return config, DynsecClient(config.broker_admin_url, a.username, a.password, ADMIN_CONNECT_S)
 
 
 @broker_app.command("bootstrap")
