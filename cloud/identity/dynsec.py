@@ -15,7 +15,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from cloud.identity.policy import Command
-from cloud.runtime.mqtt import MqttClient
+from cloud.runtime.mqtt import UNREACHABLE, MqttClient
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
@@ -62,7 +62,10 @@ class DynsecClient:
         self._mqtt.start()
         deadline = time.monotonic() + self._timeout
         while not self._mqtt.wait_connected(0.05):
-            if self._mqtt.refusal or time.monotonic() >= deadline:
+            # a CONNACK refusal (credentials, ...) is final; a broker not answering yet (a stack starting,
+            # a broker restarting) is retried by the client with backoff until the deadline
+            refused = self._mqtt.refusal not in ("", UNREACHABLE)
+            if refused or time.monotonic() >= deadline:
                 self._mqtt.stop()
                 why = self._mqtt.refusal or "no answer"
                 raise ConnectionError(f"cannot connect to the broker at {self._mqtt.redacted}: {why}")

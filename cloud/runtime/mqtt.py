@@ -39,6 +39,9 @@ from cloud.runtime.threads import guarded
 from contract.mqtturl import MqttAddress, parse_mqtt_url
 
 log = logging.getLogger(__name__)
+UNREACHABLE = (
+    "unreachable"  # `refusal` when no broker answered (retried with backoff, unlike a CONNACK refusal)
+)
 
 
 def split_mqtt_urls(urls: str) -> list[MqttAddress]:
@@ -156,7 +159,7 @@ class MqttClient:
         self.state = State.IDLE
         self.connected = threading.Event()
         self.connects = 0
-        self.refusal = ""  # the broker's last CONNACK refusal, or why the connection failed
+        self.refusal = ""  # the broker's last CONNACK refusal, or UNREACHABLE when the connection failed
         self.session_present = False  # as the broker said in the last CONNACK
         self.on_up: list[Callable[[bool], None]] = []
         self.on_down: list[Callable[[], None]] = []
@@ -290,7 +293,7 @@ class MqttClient:
     def _handle_connect_fail(self, client: mqtt.Client, _u: Any) -> None:
         if self.state is not State.STOPPED:
             self.state = State.DISCONNECTED
-            self.refusal = "unreachable"
+            self.refusal = UNREACHABLE
             self._set_delay(client)
             lost = self.address
             self._next_broker(client)
