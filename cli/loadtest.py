@@ -53,7 +53,7 @@ from cli.loadtest_figures import (
     stored_seqs,
 )
 from cli.loadtest_tier import describe_tier, durable_text, jetstream_state, tier_text
-from simulators.cli import raise_fd_limit
+from simulators.cli import MqttVersionOption, raise_fd_limit
 from simulators.fleet import Fleet, FleetConfig
 from simulators.scenario import Scenario, ScenarioError, load_scenario
 
@@ -314,13 +314,7 @@ def loadtest(
             help="The broker, or the NATS cluster's MQTT gateways comma-separated (devices spread over them).",
         ),
     ] = "mqtt://127.0.0.1:1883",
-    mqtt_version: Annotated[
-        str,
-        typer.Option(
-            envvar="MICROFLEET_EDGE_MQTT_VERSION",
-            help="5, or 3.1.1 for the NATS tier's MQTT gateways (docs/decisions/nats-tier.md).",
-        ),
-    ] = "5",
+    mqtt_version: MqttVersionOption = "5",
     nats_url: Annotated[
         str | None,
         typer.Option(

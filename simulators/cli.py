@@ -29,6 +29,16 @@ app = typer.Typer(help="Simulated devices.")
 console = Console()
 
 
+# The agents' MQTT protocol level, as `microfleet sim` and `microfleet loadtest` take it.
+MqttVersionOption = Annotated[
+    str,
+    typer.Option(
+        envvar="MICROFLEET_EDGE_MQTT_VERSION",
+        help="5, or 3.1.1 for the NATS tier's MQTT gateways (docs/decisions/nats-tier.md).",
+    ),
+]
+
+
 def raise_fd_limit() -> tuple[int, int]:
     """Raise the soft open-files limit to the hard limit (one socket per device). Returns (soft, hard)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -103,13 +113,7 @@ def sim(
             "scenario's `trusted_keys`. Without one, signed protocols and firmware are rejected.",
         ),
     ] = None,
-    mqtt_version: Annotated[
-        str,
-        typer.Option(
-            envvar="MICROFLEET_EDGE_MQTT_VERSION",
-            help="5, or 3.1.1 for the NATS tier's MQTT gateway (docs/decisions/nats-tier.md).",
-        ),
-    ] = "5",
+    mqtt_version: MqttVersionOption = "5",
     id_prefix: Annotated[
         str | None,
         typer.Option(help="Device ids <prefix>-00001...: override the scenario's (two fleets side by side)."),
